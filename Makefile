@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` (set up + the full pipeline on Catch) and
+# `make test` (set up + the default test suite). Everything the project needs is installed here.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN ?= runs/demo
+
+.PHONY: setup demo test test-slow lint bench clean
+
+# torch is pinned here (not in pyproject) because a CPU wheel of 2.13.0 lies on this machine's
+# disk; an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test,ray,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/dreamlab pipeline --preset catch --run $(RUN)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_catch.py
+	$(PY) benchmarks/bench_store.py
+	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_dream.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
