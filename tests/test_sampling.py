@@ -113,6 +113,31 @@ def test_sequence_windows_are_uniform_over_starts(store: EpisodeStore) -> None:
     assert min(starts.values()) > 60
 
 
+def test_cover_ends_sees_the_terminal_step_often(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "long", [100, 100])
+    seq_len = 20
+
+    def terminal_rate(cover_ends: bool) -> float:
+        sampler = SequenceSampler(
+            store,
+            seq_len,
+            batch_size=2000,
+            seed=0,
+            keys=["terminated", "reward"],
+            cover_ends=cover_ends,
+        )
+        batch = sampler.sample()
+        # windows stay aligned: consecutive steps of one episode
+        np.testing.assert_array_equal(np.diff(batch["reward"], axis=1), 1)
+        return float(batch["terminated"].any(axis=1).mean())
+
+    # Uniform starts: 1 of 81 windows per episode holds the last step. Step coverage: every
+    # step is the target of 1/200 draws; the last step is in the window when the target lies
+    # in the last 20 steps and the window is clipped to the end, about half of those draws.
+    assert terminal_rate(False) < 0.03
+    assert terminal_rate(True) > 0.07
+
+
 def test_sequence_sampler_seeded_and_keys(store: EpisodeStore) -> None:
     a = SequenceSampler(store, 4, 8, seed=5, keys=["obs", "action"]).sample()
     b = SequenceSampler(store, 4, 8, seed=5, keys=["obs", "action"]).sample()

@@ -114,6 +114,7 @@ class SequenceSampler:
         batch_size: int,
         seed: int = 0,
         keys: Sequence[str] | None = None,
+        cover_ends: bool = False,
     ) -> None:
         """Index the episodes long enough for a window.
 
@@ -123,6 +124,10 @@ class SequenceSampler:
             batch_size: windows per batch B.
             seed: seed of the sampler's generator.
             keys: arrays to read (default all arrays of the schema).
+            cover_ends: draw a step uniformly and then a window that contains it, instead of a
+                uniform start step. Uniform starts see an episode's last step in one window out
+                of ``seq_len`` where a middle step is in ``seq_len``; the last step is where
+                ``terminated`` happens, so a termination head would barely see positives.
 
         Raises:
             StoreError: if no episode has ``seq_len`` steps, or a key is not in the schema.
@@ -151,6 +156,9 @@ class SequenceSampler:
         self.num_windows = int(self.offsets[-1])
         self.num_skipped = int((~eligible).sum())
         self.eligible_steps = int(lengths[eligible].sum())
+        self.cover_ends = cover_ends
+        self.eligible_lengths = lengths[eligible]  # (E',)
+        self.step_offsets = np.concatenate([[0], np.cumsum(self.eligible_lengths)]).astype(np.int64)
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -163,8 +171,15 @@ class SequenceSampler:
 
     def sample(self, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """A batch of random windows: ``{key: (B, seq_len[+1], *row_shape)}``."""
-        ids = self.rng.integers(0, self.num_windows, size=batch_size or self.batch_size)
-        return self.gather(ids)
+        size = batch_size or self.batch_size
+        if not self.cover_ends:
+            return self.gather(self.rng.integers(0, self.num_windows, size=size))
+        step = self.rng.integers(0, self.eligible_steps, size=size)  # (B,) global step id
+        pos = np.searchsorted(self.step_offsets, step, side="right") - 1  # (B,) episode
+        t = step - self.step_offsets[pos]  # (B,) step within the episode
+        back = self.rng.integers(0, self.seq_len, size=size)  # (B,) place of t in the window
+        start = np.clip(t - back, 0, self.eligible_lengths[pos] - self.seq_len)  # (B,)
+        return self.gather(self.offsets[pos] + start)
 
     def gather(self, window_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Read global window ids ``(B,)`` (0..num_windows-1) into a batch dict."""
