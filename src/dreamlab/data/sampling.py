@@ -171,15 +171,19 @@ class SequenceSampler:
 
     def sample(self, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """A batch of random windows: ``{key: (B, seq_len[+1], *row_shape)}``."""
-        size = batch_size or self.batch_size
+        return self.gather(self.draw(self.rng, batch_size or self.batch_size))
+
+    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Draw ``size`` global window ids with ``rng`` (uniform starts, or by step with
+        ``cover_ends``); :meth:`gather` reads them."""
         if not self.cover_ends:
-            return self.gather(self.rng.integers(0, self.num_windows, size=size))
-        step = self.rng.integers(0, self.eligible_steps, size=size)  # (B,) global step id
+            return rng.integers(0, self.num_windows, size=size)
+        step = rng.integers(0, self.eligible_steps, size=size)  # (B,) global step id
         pos = np.searchsorted(self.step_offsets, step, side="right") - 1  # (B,) episode
         t = step - self.step_offsets[pos]  # (B,) step within the episode
-        back = self.rng.integers(0, self.seq_len, size=size)  # (B,) place of t in the window
+        back = rng.integers(0, self.seq_len, size=size)  # (B,) place of t in the window
         start = np.clip(t - back, 0, self.eligible_lengths[pos] - self.seq_len)  # (B,)
-        return self.gather(self.offsets[pos] + start)
+        return self.offsets[pos] + start
 
     def gather(self, window_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Read global window ids ``(B,)`` (0..num_windows-1) into a batch dict."""
