@@ -1,0 +1,472 @@
+"""Where CMA-ES candidates are scored: a backend, not an algorithm.
+
+Every evaluator answers one question, ``evaluate(params (P, D), rollouts R, seed) -> returns
+(P, R)``: the return of each of P candidate controllers in each of R episodes. All candidates of
+one call see the same R episode seeds (common random numbers), so differences in their returns
+come from the candidates rather than from luckier starts.
+
+- :class:`DreamEvaluator`: the whole population x rollouts as ONE batched dream (one tensor
+  computation per step, the batched controller acting for every candidate at once). The default.
+- :class:`ProcessEvaluator`: real-env episodes in local worker processes.
+- :class:`RayEvaluator`: the same episodes as Ray tasks, on a laptop or a cluster. A worker that
+  dies mid-generation does not lose the generation: its episodes are run again.
+
+Real-env episodes are described by a *rollout function* ``fn(params (D,), seed) -> return``;
+:class:`EnvRollout` is the standard one (a dreamlab env + an agent built from the parameters).
+"""
+
+from __future__ import annotations
+
+import copy
+import multiprocessing as mp
+import os
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dreamlab.dream import DreamVecEnv
+from dreamlab.models.controller import Controller, ControllerConfig
+from dreamlab.worldmodel import StartLatents, WorldModel, check_start_latents
+
+__all__ = [
+    "DreamEvaluator",
+    "EnvRollout",
+    "Evaluator",
+    "ProcessEvaluator",
+    "RayEvaluator",
+    "RolloutFn",
+    "controller_action_space",
+    "episode_seeds",
+    "run_episode",
+]
+
+RolloutFn = Callable[[np.ndarray, int], float]
+"""One episode: ``fn(params (D,), seed) -> return``. Must be picklable for process/Ray backends."""
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Scores a population: ``evaluate(params (P, D), rollouts, seed) -> returns (P, R)``."""
+
+    def evaluate(self, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
+        """Returns ``(P, R)`` float64 episode returns."""
+        ...
+
+    def close(self) -> None:
+        """Release workers / device memory."""
+        ...
+
+
+def episode_seeds(seed: int, rollouts: int) -> list[int]:
+    """The R episode seeds every candidate of one evaluation shares."""
+    state = np.random.SeedSequence([seed, 0x5EED]).generate_state(rollouts, dtype=np.uint32)
+    return [int(s) for s in state]
+
+
+def _check_params(params: np.ndarray, rollouts: int, dim: int | None = None) -> np.ndarray:
+    arr = np.asarray(params, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"evaluate: params must be (P, D) with P >= 1, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(
+            f"evaluate: params have {arr.shape[1]} values per candidate, the controller has {dim}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError("evaluate: params contain NaN or inf")
+    if rollouts <= 0:
+        raise ValueError(f"evaluate: rollouts must be >= 1, got {rollouts}")
+    return arr
+
+
+def controller_action_space(config: ControllerConfig) -> gym.Space[Any]:
+    """The env action space a controller config produces actions for."""
+    if config.mapping == "discrete":
+        return gym.spaces.Discrete(config.action_dim)
+    if config.mapping == "carracing":
+        return gym.spaces.Box(
+            np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
+        )
+    return gym.spaces.Box(
+        np.asarray(config.action_low, np.float32), np.asarray(config.action_high, np.float32)
+    )
+
+
+# ---------------------------------------------------------------------------------- dream
+class DreamEvaluator:
+    """Population x rollouts as one batched dream.
+
+    Args:
+        world_model: the dream's world model; its ``feature_dim`` must equal the controller's.
+        start_latents: start bank (each tensor ``(N_bank, ...)``).
+        controller: a template controller: its config gives the parameter layout and action
+            mapping (a copy is moved to the world model's device; the original is untouched).
+        temperature: MDN sampling temperature tau.
+        max_episode_steps: dream length limit.
+        max_batch: at most this many dreams run at once; larger populations go in chunks.
+        common_starts: every candidate's rollout r starts from the same bank row.
+    """
+
+    def __init__(
+        self,
+        world_model: WorldModel,
+        start_latents: StartLatents,
+        controller: Controller,
+        *,
+        temperature: float = 1.0,
+        max_episode_steps: int = 1000,
+        max_batch: int = 65536,
+        common_starts: bool = True,
+    ) -> None:
+        if world_model.feature_dim != controller.config.feature_dim:
+            raise ValueError(
+                f"DreamEvaluator: world model features have size {world_model.feature_dim}, the "
+                f"controller reads {controller.config.feature_dim}"
+            )
+        self.world_model = world_model
+        self.start_latents = start_latents
+        self.num_bank = check_start_latents(start_latents)
+        self.device = torch.device(world_model.device)
+        self.controller = copy.deepcopy(controller).to(self.device).eval()
+        self.action_space = controller_action_space(controller.config)
+        self.temperature = temperature
+        self.max_episode_steps = max_episode_steps
+        self.max_batch = max_batch
+        self.common_starts = common_starts
+        self.total_env_steps = 0
+        """dream steps taken so far (all dreams, including finished ones still in the batch)"""
+
+    def evaluate(self, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
+        """Returns ``(P, R)`` float64: candidate p's return in dream r."""
+        arr = _check_params(params, rollouts, self.controller.num_params)
+        per_chunk = max(1, self.max_batch // rollouts)
+        out = np.empty((arr.shape[0], rollouts), dtype=np.float64)
+        for start in range(0, arr.shape[0], per_chunk):
+            chunk = arr[start : start + per_chunk]
+            out[start : start + len(chunk)] = self._evaluate_chunk(chunk, rollouts, seed)
+        return out
+
+    @torch.inference_mode()
+    def _evaluate_chunk(self, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
+        num_candidates = params.shape[0]
+        n = num_candidates * rollouts
+        env = DreamVecEnv(
+            self.world_model,
+            self.start_latents,
+            self.action_space,
+            n,
+            temperature=self.temperature,
+            max_episode_steps=self.max_episode_steps,
+            autoreset=False,
+        )
+        starts = None
+        if self.common_starts:
+            g = torch.Generator().manual_seed(seed)
+            starts = torch.randint(self.num_bank, (rollouts,), generator=g).repeat(num_candidates)
+        obs = env.reset_tensor(seed=seed, start_indices=starts)  # (n, F)
+        weights = torch.as_tensor(params, dtype=torch.float32, device=self.device)  # (P, D)
+        returns = torch.zeros(n, dtype=torch.float64, device=self.device)  # (n,)
+        alive = torch.ones(n, dtype=torch.bool, device=self.device)  # (n,)
+        for t in range(self.max_episode_steps):
+            action = self.controller.population_forward(
+                weights, obs.view(num_candidates, rollouts, -1)
+            )  # (P, R, A) or (P, R)
+            action = action.reshape(n, *action.shape[2:])  # (n, A) or (n,)
+            obs, reward, terminated, truncated, _ = env.step_tensor(action)
+            returns += reward.double() * alive
+            alive &= ~(terminated | truncated)
+            self.total_env_steps += n
+            # Checking costs a device sync, so only every few steps; finished dreams add 0.
+            if t % 8 == 7 and not bool(alive.any()):
+                break
+        env.close()
+        return returns.view(num_candidates, rollouts).cpu().numpy()
+
+    def close(self) -> None:
+        """Nothing to release (tensors are freed with the evaluator)."""
+
+
+# ---------------------------------------------------------------------------------- real env
+def run_episode(
+    env: gym.Env[Any, Any], agent: Any, seed: int, max_episode_steps: int | None
+) -> float:
+    """Play one episode of ``agent`` (batched SB3-style ``predict``) in ``env``; return the return."""
+    obs, _ = env.reset(seed=seed)
+    state: Any = None
+    episode_start = np.ones(1, dtype=bool)
+    total = 0.0
+    steps = 0
+    while True:
+        action, state = agent.predict(obs[None], state, episode_start)
+        episode_start[:] = False
+        obs, reward, terminated, truncated, _ = env.step(action[0])
+        total += float(reward)
+        steps += 1
+        if (
+            terminated
+            or truncated
+            or (max_episode_steps is not None and steps >= max_episode_steps)
+        ):
+            return total
+
+
+_ENV_CACHE: dict[str, gym.Env[Any, Any]] = {}
+"""Per-process envs of :class:`EnvRollout`, keyed by the rollout's token (one env per worker)."""
+
+
+class EnvRollout:
+    """A picklable rollout function: one real episode of the agent made from a parameter vector.
+
+    Args:
+        env_id: anything :func:`dreamlab.envs.make_env` accepts (preset name, Gymnasium id, ...).
+        agent_factory: picklable ``factory(params (D,)) -> agent`` with a batched ``predict``;
+            it should cache heavy parts (V and M) per process itself.
+        max_episode_steps: optional cap on top of the env's own time limit.
+        env_kwargs: keyword arguments for ``make_env``.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        agent_factory: Callable[[np.ndarray], Any],
+        *,
+        max_episode_steps: int | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.env_id = env_id
+        self.agent_factory = agent_factory
+        self.max_episode_steps = max_episode_steps
+        self.env_kwargs = dict(env_kwargs or {})
+        self.token = uuid.uuid4().hex
+
+    def env(self) -> gym.Env[Any, Any]:
+        """This process's env (made on first use)."""
+        env = _ENV_CACHE.get(self.token)
+        if env is None:
+            from dreamlab.envs import make_env
+
+            env = make_env(self.env_id, **self.env_kwargs)
+            _ENV_CACHE[self.token] = env
+        return env
+
+    def __call__(self, params: np.ndarray, seed: int) -> float:
+        agent = self.agent_factory(np.asarray(params))
+        return run_episode(self.env(), agent, seed, self.max_episode_steps)
+
+
+_WORKER_ROLLOUT: RolloutFn | None = None
+
+
+def _init_worker(rollout: RolloutFn, threads: int) -> None:
+    global _WORKER_ROLLOUT
+    _WORKER_ROLLOUT = rollout
+    # Many workers each using every core for tiny matmuls only fight over the cores.
+    torch.set_num_threads(threads)
+
+
+def _worker_episode(params: np.ndarray, seed: int) -> float:
+    assert _WORKER_ROLLOUT is not None, "worker was started without a rollout function"
+    return float(_WORKER_ROLLOUT(params, seed))
+
+
+class ProcessEvaluator:
+    """Real-env episodes in a pool of local worker processes (spawned, so torch stays safe).
+
+    A worker that dies (segfault, OOM kill) breaks the pool; the pool is rebuilt and the
+    episodes that had not returned are run again, at most ``max_restarts`` times per call.
+
+    Args:
+        rollout: picklable rollout function (e.g. :class:`EnvRollout`).
+        workers: number of processes; 0 = every CPU.
+        max_restarts: pool rebuilds allowed per ``evaluate`` call before giving up.
+        threads_per_worker: torch threads in each worker.
+    """
+
+    def __init__(
+        self,
+        rollout: RolloutFn,
+        workers: int = 0,
+        *,
+        max_restarts: int = 3,
+        threads_per_worker: int = 1,
+    ) -> None:
+        self.rollout = rollout
+        self.workers = workers if workers > 0 else (os.cpu_count() or 1)
+        self.max_restarts = max_restarts
+        self.threads_per_worker = threads_per_worker
+        self._pool: ProcessPoolExecutor | None = None
+        self.restarts = 0
+        """pool rebuilds after a worker died, over the evaluator's life"""
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.rollout, self.threads_per_worker),
+            )
+        return self._pool
+
+    def evaluate(self, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
+        """Returns ``(P, R)``: every (candidate, episode) pair runs as one pool task."""
+        arr = _check_params(params, rollouts)
+        seeds = episode_seeds(seed, rollouts)
+        out = np.full((arr.shape[0], rollouts), np.nan)
+        todo = [(p, r) for p in range(arr.shape[0]) for r in range(rollouts)]
+        restarts = 0
+        while todo:
+            pool = self._get_pool()
+            futures: dict[Future[float], tuple[int, int]] = {
+                pool.submit(_worker_episode, arr[p], seeds[r]): (p, r) for p, r in todo
+            }
+            wait(futures)
+            failed: list[tuple[int, int]] = []
+            broken = False
+            for fut, (p, r) in futures.items():
+                try:
+                    out[p, r] = fut.result()
+                except BrokenProcessPool:
+                    failed.append((p, r))
+                    broken = True
+            todo = failed
+            if broken:
+                restarts += 1
+                self.restarts += 1
+                self._shutdown()
+                if restarts > self.max_restarts:
+                    raise RuntimeError(
+                        f"ProcessEvaluator: worker processes died {restarts} times in one "
+                        f"evaluation; {len(todo)} episodes could not be run"
+                    )
+        return out
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self._shutdown()
+
+
+# ---------------------------------------------------------------------------------- Ray
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(
+            "the 'ray' backend needs Ray: pip install 'dreamlab[ray]' (or use backend "
+            "'dream' / 'processes')"
+        ) from None
+    return ray
+
+
+def _ray_episode(rollout: RolloutFn, params: np.ndarray, seed: int) -> float:
+    return float(rollout(params, seed))
+
+
+class RayEvaluator:
+    """Episodes as Ray tasks: local Ray or a cluster (``address``), scale-out without new code.
+
+    Fault tolerance comes in two layers: Ray re-runs a task whose worker process died
+    (``max_retries``), and when even that is exhausted the evaluator resubmits the episode itself
+    (``max_resubmits`` per episode), so a generation always comes back complete or fails loudly.
+    Errors raised by the rollout code itself are not retried (they would fail again).
+
+    Args:
+        rollout: picklable rollout function (e.g. :class:`EnvRollout`).
+        address: Ray cluster address ('auto', 'ray://host:10001'); ``None`` starts a local Ray
+            unless one is already running in this process.
+        num_cpus: CPUs for a local Ray (``None`` = all).
+        max_retries: Ray's own retries of a task whose worker died.
+        max_resubmits: further resubmissions per episode by this evaluator.
+        init_kwargs: extra keyword arguments for ``ray.init``.
+    """
+
+    def __init__(
+        self,
+        rollout: RolloutFn,
+        *,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        max_retries: int = 3,
+        max_resubmits: int = 3,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        ray = _import_ray()
+        self._ray = ray
+        self._started_ray = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+            kwargs.update(init_kwargs or {})
+            if address is not None:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=num_cpus, **kwargs)
+            self._started_ray = True
+        self.max_resubmits = max_resubmits
+        self._remote = ray.remote(num_cpus=1, max_retries=max_retries)(_ray_episode)
+        self._rollout_ref = ray.put(rollout)
+        self.resubmits = 0
+        """episodes this evaluator had to resubmit after Ray gave up on them"""
+
+    def _submit(self, params: np.ndarray, seed: int) -> Any:
+        return self._remote.remote(self._rollout_ref, params, seed)
+
+    def evaluate(self, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
+        """Returns ``(P, R)``; episodes lost to dead workers are run again."""
+        ray = self._ray
+        lost_errors = (
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.RayActorError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.ObjectLostError,
+            ray.exceptions.OwnerDiedError,
+            ray.exceptions.LocalRayletDiedError,
+        )
+        arr = _check_params(params, rollouts)
+        seeds = episode_seeds(seed, rollouts)
+        out = np.full((arr.shape[0], rollouts), np.nan)
+        param_refs = [ray.put(arr[p]) for p in range(arr.shape[0])]
+        pending = {
+            self._submit(param_refs[p], seeds[r]): (p, r)
+            for p in range(arr.shape[0])
+            for r in range(rollouts)
+        }
+        attempts: dict[tuple[int, int], int] = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=min(len(pending), 256), timeout=None)
+            for ref in ready:
+                p, r = pending.pop(ref)
+                try:
+                    out[p, r] = ray.get(ref)
+                except lost_errors as e:
+                    attempts[(p, r)] = attempts.get((p, r), 0) + 1
+                    if attempts[(p, r)] > self.max_resubmits:
+                        raise RuntimeError(
+                            f"RayEvaluator: episode (candidate {p}, rollout {r}) was lost "
+                            f"{attempts[(p, r)]} times; last error: {e}"
+                        ) from e
+                    self.resubmits += 1
+                    pending[self._submit(param_refs[p], seeds[r])] = (p, r)
+                except ray.exceptions.RayTaskError as e:
+                    raise RuntimeError(
+                        f"RayEvaluator: the rollout of candidate {p}, episode {r} raised: "
+                        f"{e.cause if hasattr(e, 'cause') else e}"
+                    ) from e
+        if not np.isfinite(out).all():
+            raise RuntimeError("RayEvaluator: some episodes returned NaN or inf")
+        return out
+
+    def close(self) -> None:
+        """Shut Ray down if this evaluator started it."""
+        if self._started_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._started_ray = False

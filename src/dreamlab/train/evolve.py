@@ -1,0 +1,605 @@
+"""CMA-ES for the controller (the ``cma`` library), crash-safe and exactly resumable without pickle.
+
+Each generation: ask P candidates, score each on R rollouts with a fitness *backend* (an
+:class:`~dreamlab.train.evaluators.Evaluator`: the batched dream, local processes or Ray),
+tell ``-mean return`` (``cma`` minimizes), log, and checkpoint. Every ``eval_every`` generations
+the distribution mean is scored on many rollouts; the best-scoring mean becomes the controller
+(the paper's procedure, since the mean generalises better than the luckiest candidate).
+
+Resume: ``cma`` normally pickles its ``CMAEvolutionStrategy``; here every numeric field of the
+strategy and of its sampler / step-size / best-solution objects is written to one safetensors
+file (arrays; numbers, lists and the sampling RNG state as JSON in its header). A killed run
+rebuilds a strategy from the same options and restores those fields; tests check that it then
+asks bit-identical candidates to a run that was never interrupted.
+
+Files in ``out_dir`` (the run's ``controller/`` directory)::
+
+    config.json, model.safetensors   the selected controller (loadable with dreamlab.checkpoint)
+    best.safetensors                 best single candidate so far (controller state_dict)
+    mean.safetensors                 current CMA-ES mean (controller state_dict)
+    cma_state.safetensors            everything needed to resume (the source of truth)
+    evolve.json                      resolved EvolveConfig + progress, human-readable
+    metrics.jsonl                    one line per generation (controller/train/best, ...)
+    summary.json                     written when the run finishes
+    tb/                              TensorBoard events (if enabled)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cma
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
+from safetensors.torch import save_file as save_torch_file
+from tqdm.auto import tqdm
+
+from dreamlab.checkpoint import save_model
+from dreamlab.io import append_jsonl, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
+from dreamlab.models.controller import Controller
+from dreamlab.train.evaluators import (
+    DreamEvaluator,
+    Evaluator,
+    ProcessEvaluator,
+    RayEvaluator,
+    RolloutFn,
+)
+from dreamlab.worldmodel import StartLatents, WorldModel
+
+__all__ = [
+    "EvolveConfig",
+    "EvolveResult",
+    "evolve",
+    "load_cma_state",
+    "make_evaluator",
+    "save_cma_state",
+]
+
+STATE_FILE = "cma_state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class EvolveConfig:
+    """CMA-ES settings for training the controller."""
+
+    generations: int = 300
+    """number of CMA-ES generations (a resumed run continues up to this number)"""
+    population_size: int = 64
+    """candidates per generation (the paper: 64)"""
+    rollouts_per_candidate: int = 16
+    """episodes per candidate; fitness = their mean return (the paper: 16)"""
+    sigma0: float = 0.1
+    """initial CMA-ES step size"""
+    eval_every: int = 25
+    """every N generations score the mean on eval_rollouts episodes (0 = never)"""
+    eval_rollouts: int = 1024
+    """episodes for scoring the mean (the paper: 1024)"""
+    temperature: float = 1.0
+    """dream temperature tau for the 'dream' backend (the paper's Doom: 1.15)"""
+    backend: Literal["dream", "processes", "ray"] = "dream"
+    """where candidates run: batched dream, local processes (real env), or Ray (real env)"""
+    ray_address: str | None = None
+    """Ray cluster address for backend='ray' (None = start a local Ray)"""
+    workers: int = 0
+    """worker processes / Ray CPUs for real-env backends (0 = all CPUs)"""
+    seed: int = 0
+    """seed of the CMA-ES sampler and of every evaluation"""
+    max_episode_steps: int = 1000
+    """episode length limit (dream length for the 'dream' backend)"""
+    real_eval_every: int = 0
+    """every N generations also score the generation's best candidate in the real env (0 = never)"""
+    real_eval_episodes: int = 16
+    """real-env episodes for that check"""
+    x0: Literal["current", "zeros"] = "current"
+    """starting mean: the controller's current weights, or all zeros"""
+    tensorboard: bool = True
+    """also write TensorBoard events to out_dir/tb"""
+    progress: bool = True
+    """show a progress bar with ETA"""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "generations": self.generations,
+            "population_size": self.population_size,
+            "rollouts_per_candidate": self.rollouts_per_candidate,
+            "eval_rollouts": self.eval_rollouts,
+            "max_episode_steps": self.max_episode_steps,
+            "real_eval_episodes": self.real_eval_episodes,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"EvolveConfig.{name} must be > 0, got {value}")
+        if self.population_size < 2:
+            raise ValueError(
+                f"EvolveConfig.population_size must be >= 2, got {self.population_size}"
+            )
+        if not self.sigma0 > 0:
+            raise ValueError(f"EvolveConfig.sigma0 must be > 0, got {self.sigma0}")
+        if self.eval_every < 0 or self.real_eval_every < 0:
+            raise ValueError("EvolveConfig.eval_every and real_eval_every must be >= 0")
+        if self.temperature < 0:
+            raise ValueError(f"EvolveConfig.temperature must be >= 0, got {self.temperature}")
+        if self.backend not in ("dream", "processes", "ray"):
+            raise ValueError(
+                f"EvolveConfig.backend must be 'dream', 'processes' or 'ray', got {self.backend!r}"
+            )
+        if self.x0 not in ("current", "zeros"):
+            raise ValueError(f"EvolveConfig.x0 must be 'current' or 'zeros', got {self.x0!r}")
+
+
+@dataclass
+class EvolveResult:
+    """What :func:`evolve` produced (everything is also on disk in ``out_dir``)."""
+
+    params: np.ndarray
+    """the selected controller weights (D,): best-evaluated mean, else best candidate"""
+    best_params: np.ndarray
+    """best single candidate (D,) by training fitness"""
+    mean_params: np.ndarray
+    """final CMA-ES mean (D,)"""
+    best_return: float
+    """training fitness (mean return over its rollouts) of best_params"""
+    best_eval_return: float | None
+    """highest many-rollout score of the mean, if any evaluation ran"""
+    generations: int
+    """generations completed in total"""
+    resumed_from: int
+    """generation the run resumed from (0 for a fresh run)"""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """metrics.jsonl records of this run directory"""
+    out_dir: str = ""
+    """where the checkpoints are"""
+
+
+# ---------------------------------------------------------------------------------- CMA state
+class SeededRandn:
+    """``randn(lam, N)`` for ``cma`` from a private PCG64 generator whose state we can save.
+
+    ``cma``'s default draws from (and reseeds) numpy's global RNG, which cannot be checkpointed
+    reliably when other code uses it too.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def __call__(self, *shape: int) -> np.ndarray:
+        return self.rng.standard_normal(shape)
+
+
+# Sub-objects of CMAEvolutionStrategy whose numeric fields make up the state that tell()/ask()
+# read; everything else is either rebuilt identically from the options or a cache.
+_STATE_PATHS = ("", "sm", "adapt_sigma", "best", "fit", "sigma_vec", "_stoptolxstagnation", "const")
+
+
+def _resolve(obj: Any, path: str) -> Any:
+    for part in path.split(".") if path else []:
+        obj = getattr(obj, part)
+    return obj
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, bool | int | float | np.integer | np.floating) or v is None
+
+
+def _jsonable_number(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _new_strategy(
+    x0: np.ndarray, sigma0: float, population_size: int, seed: int
+) -> cma.CMAEvolutionStrategy:
+    randn = SeededRandn(seed)
+    opts = {
+        "popsize": population_size,
+        "randn": randn,
+        "seed": math.nan,  # the sampler is ours; keep cma away from numpy's global seed
+        "verbose": -9,
+        "verb_disp": 0,
+        "verb_log": 0,
+        "verb_filenameprefix": "",
+    }
+    return cma.CMAEvolutionStrategy(x0, sigma0, opts)
+
+
+def _strategy_randn(es: cma.CMAEvolutionStrategy) -> SeededRandn:
+    randn = es.opts["randn"]
+    if not isinstance(randn, SeededRandn):
+        raise TypeError("CMA-ES strategy was not built by dreamlab (option 'randn' is not ours)")
+    return randn
+
+
+def save_cma_state(
+    path: str | Path,
+    es: cma.CMAEvolutionStrategy,
+    *,
+    extra_arrays: dict[str, np.ndarray] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> None:
+    """Write the full CMA-ES state (+ extras) to one safetensors file, atomically.
+
+    Arrays go in as tensors (``cma.<path>.<field>``); numbers, numeric lists, array aliases,
+    memory order and the sampler's RNG state go in the JSON header, so the one rename that
+    publishes the file also publishes a consistent state.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict[str, Any] = {}
+    fortran: list[str] = []
+    seen: dict[int, str] = {}
+    for obj_path in _STATE_PATHS:
+        obj = _resolve(es, obj_path)
+        for name, value in vars(obj).items():
+            key = f"{obj_path}.{name}" if obj_path else name
+            if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+                if id(value) in seen:
+                    # cma shares arrays between the strategy and its sampler (es.C is es.sm.C).
+                    scalars[key] = {"alias": seen[id(value)]}
+                    continue
+                seen[id(value)] = key
+                if value.ndim > 1 and value.flags.f_contiguous and not value.flags.c_contiguous:
+                    # BLAS rounds differently on Fortran-ordered B; restoring the order keeps
+                    # resumed samples bit-identical.
+                    fortran.append(key)
+                arrays[f"cma.{key}"] = np.ascontiguousarray(value)
+            elif _is_number(value):
+                scalars[key] = _jsonable_number(value)
+            elif type(value) is list and all(isinstance(x, np.ndarray) for x in value):
+                scalars[key] = {"arrays": len(value)}
+                for i, x in enumerate(value):
+                    arrays[f"cma.{key}#{i}"] = np.ascontiguousarray(x)
+            elif type(value) is list and all(_is_number(x) for x in value):
+                scalars[key] = {"list": [_jsonable_number(x) for x in value]}
+    for name, value in (extra_arrays or {}).items():
+        arrays[f"extra.{name}"] = np.ascontiguousarray(value)
+    header = {
+        "cma_version": cma.__version__,
+        "scalars": scalars,
+        "fortran": fortran,
+        "rng": _strategy_randn(es).rng.bit_generator.state,
+        "popsize": int(es.popsize),
+        "dim": int(es.N),
+        "extra": extra_meta or {},
+    }
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(arrays, str(tmp), metadata={"dreamlab_cma_state": json.dumps(header)})
+
+
+def load_cma_state(
+    path: str | Path,
+) -> tuple[cma.CMAEvolutionStrategy, dict[str, np.ndarray], dict[str, Any]]:
+    """Rebuild a strategy from :func:`save_cma_state`'s file.
+
+    Returns:
+        ``(strategy, extra arrays, extra meta)``.
+
+    Raises:
+        ValueError: the file is missing, corrupt, or not a dreamlab CMA-ES state.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"CMA-ES state not found: {path}")
+    try:
+        arrays = load_file(str(path))
+        with safe_open(str(path), framework="np") as f:
+            metadata = f.metadata() or {}
+        header = json.loads(metadata["dreamlab_cma_state"])
+        scalars: dict[str, Any] = header["scalars"]
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: corrupt CMA-ES state ({e})") from None
+    if header.get("cma_version") != cma.__version__:
+        # Field names are cma internals; a different version may need more or fewer of them.
+        import warnings
+
+        warnings.warn(
+            f"{path}: saved with cma {header.get('cma_version')}, running cma {cma.__version__}; "
+            "the resumed run may not continue bit-exactly",
+            stacklevel=2,
+        )
+    x0 = arrays["cma.x0"]
+    es = _new_strategy(x0, float(scalars.get("sigma0", 1.0)), int(header["popsize"]), 0)
+    fortran = set(header.get("fortran", []))
+    for full_key, value in arrays.items():
+        if not full_key.startswith("cma.") or "#" in full_key:
+            continue
+        key = full_key[4:]
+        obj_path, _, name = key.rpartition(".")
+        setattr(
+            _resolve(es, obj_path),
+            name,
+            np.asfortranarray(value) if key in fortran else value.copy(),
+        )
+    for key, value in scalars.items():
+        obj_path, _, name = key.rpartition(".")
+        target = _resolve(es, obj_path)
+        if isinstance(value, dict) and "alias" in value:
+            src_path, _, src_name = value["alias"].rpartition(".")
+            setattr(target, name, getattr(_resolve(es, src_path), src_name))
+        elif isinstance(value, dict) and "arrays" in value:
+            setattr(target, name, [arrays[f"cma.{key}#{i}"].copy() for i in range(value["arrays"])])
+        elif isinstance(value, dict) and "list" in value:
+            setattr(target, name, list(value["list"]))
+        else:
+            setattr(target, name, value)
+    if es.countiter > 0 and not hasattr(es, "timer"):
+        # ask() only creates its timer on the first iteration.
+        es.timer = cma.utilities.utils.ElapsedWCTime()
+    _strategy_randn(es).rng.bit_generator.state = header["rng"]
+    extra_arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("extra.")}
+    return es, extra_arrays, dict(header.get("extra", {}))
+
+
+# ---------------------------------------------------------------------------------- evolve
+def _generation_seed(seed: int, generation: int, purpose: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, generation, purpose]).generate_state(1)[0])
+
+
+def _save_params(path: Path, controller: Controller, params: np.ndarray) -> None:
+    controller.set_flat_params(params)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in controller.state_dict().items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_torch_file(tensors, str(tmp))
+
+
+def _truncate_metrics(path: Path, generation: int) -> None:
+    """Drop metric lines of generations after the checkpoint (they will be run again)."""
+    records = read_jsonl(path)
+    kept = [r for r in records if int(r.get("generation", 0)) <= generation]
+    if len(kept) != len(records):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def evolve(
+    controller: Controller,
+    fitness_backend: Evaluator,
+    cfg: EvolveConfig,
+    out_dir: str | Path,
+    *,
+    real_backend: Evaluator | None = None,
+) -> EvolveResult:
+    """Train ``controller``'s weights with CMA-ES; resumes if ``out_dir`` holds a checkpoint.
+
+    Args:
+        controller: the controller to train; on return it holds the selected weights.
+        fitness_backend: scores candidates (``evaluate(params (P, D), R, seed) -> (P, R)``).
+        cfg: CMA-ES settings.
+        out_dir: checkpoint directory (the run's ``controller/``).
+        real_backend: real-env evaluator used every ``cfg.real_eval_every`` generations.
+
+    Returns:
+        :class:`EvolveResult`.
+
+    Raises:
+        ValueError: a checkpoint in ``out_dir`` does not fit this controller / population, or
+            the backend returned NaN / inf or a wrongly shaped result.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dim = controller.num_params
+    state_path = out / STATE_FILE
+    metrics_path = out / METRICS_FILE
+    work = Controller(controller.config)  # scratch copy for writing weight files
+
+    if state_path.exists():
+        es, extra, meta = load_cma_state(state_path)
+        if int(es.N) != dim or int(es.popsize) != cfg.population_size:
+            raise ValueError(
+                f"{state_path}: checkpoint has dimension {es.N} and population {es.popsize}, this "
+                f"run needs dimension {dim} and population {cfg.population_size}; use a new "
+                "directory or matching settings"
+            )
+        start_gen = int(meta["generation"])
+        best_params = extra["best_params"]
+        selected = extra["selected_params"]
+        best_return = float(meta["best_return"])
+        best_eval = meta.get("best_eval_return")
+        _truncate_metrics(metrics_path, start_gen)
+    else:
+        if cfg.x0 == "current":
+            x0 = controller.get_flat_params().double().numpy()
+        else:
+            x0 = np.zeros(dim)
+        es = _new_strategy(x0, cfg.sigma0, cfg.population_size, cfg.seed)
+        start_gen = 0
+        best_params = x0.copy()
+        selected = x0.copy()
+        best_return = -math.inf
+        best_eval = None
+        if metrics_path.exists():
+            metrics_path.unlink()  # a fresh run: stale metrics would mislead
+    atomic_write_json(
+        out / "evolve.json",
+        {"config": dataclasses.asdict(cfg), "num_params": dim, "resumed_from": start_gen},
+    )
+
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=start_gen + 1)
+    bar = tqdm(
+        total=cfg.generations,
+        initial=start_gen,
+        desc="evolve",
+        unit="gen",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
+    t_run = time.perf_counter()
+    try:
+        for gen in range(start_gen, cfg.generations):
+            t0 = time.perf_counter()
+            candidates = np.asarray(es.ask(), dtype=np.float64)  # (P, D)
+            returns = np.asarray(
+                fitness_backend.evaluate(
+                    candidates, cfg.rollouts_per_candidate, _generation_seed(cfg.seed, gen)
+                ),
+                dtype=np.float64,
+            )  # (P, R)
+            if returns.shape != (cfg.population_size, cfg.rollouts_per_candidate):
+                raise ValueError(
+                    f"fitness backend returned shape {returns.shape}, expected "
+                    f"({cfg.population_size}, {cfg.rollouts_per_candidate})"
+                )
+            if not np.isfinite(returns).all():
+                raise ValueError(f"generation {gen + 1}: the fitness backend returned NaN or inf")
+            fitness = returns.mean(axis=1)  # (P,)
+            es.tell(list(candidates), (-fitness).tolist())
+            top = int(fitness.argmax())
+            if fitness[top] > best_return:
+                best_return = float(fitness[top])
+                best_params = candidates[top].copy()
+            record: dict[str, Any] = {
+                "generation": gen + 1,
+                "controller/train/best": float(fitness.max()),
+                "controller/train/mean": float(fitness.mean()),
+                "controller/train/worst": float(fitness.min()),
+                "controller/train/std": float(fitness.std()),
+                "controller/train/best_ever": best_return,
+                "controller/train/sigma": float(es.sigma),
+            }
+            done = gen + 1
+            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.generations):
+                mean = np.asarray(es.mean, dtype=np.float64)
+                scores = fitness_backend.evaluate(
+                    mean[None], cfg.eval_rollouts, _generation_seed(cfg.seed, gen, 1)
+                )[0]
+                score = float(np.mean(scores))
+                record["controller/eval/return"] = score
+                record["controller/eval/return_std"] = float(np.std(scores))
+                if best_eval is None or score > best_eval:
+                    best_eval = score
+                    selected = mean.copy()
+            if best_eval is None:
+                selected = best_params
+            if real_backend is not None and cfg.real_eval_every and done % cfg.real_eval_every == 0:
+                real = real_backend.evaluate(
+                    candidates[top][None],
+                    cfg.real_eval_episodes,
+                    _generation_seed(cfg.seed, gen, 2),
+                )[0]
+                record["controller/real/return"] = float(np.mean(real))
+                record["controller/real/return_std"] = float(np.std(real))
+            record["time/generation_s"] = time.perf_counter() - t0
+            # Metrics first, checkpoint second: a crash in between leaves a line that resume
+            # drops (generation > checkpoint), never a generation without its line.
+            append_jsonl(metrics_path, record)
+            _checkpoint(out, es, work, selected, best_params, done, best_return, best_eval)
+            if writer is not None:
+                for key, value in record.items():
+                    if key != "generation":
+                        writer.add_scalar(key, value, done)
+            bar.update(1)
+            bar.set_postfix(
+                best=f"{record['controller/train/best']:.3g}",
+                mean=f"{record['controller/train/mean']:.3g}",
+            )
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+
+    history = read_jsonl(metrics_path)
+    controller.set_flat_params(selected)
+    result = EvolveResult(
+        params=np.asarray(selected, dtype=np.float64),
+        best_params=np.asarray(best_params, dtype=np.float64),
+        mean_params=np.asarray(es.mean, dtype=np.float64),
+        best_return=best_return,
+        best_eval_return=best_eval,
+        generations=max(start_gen, cfg.generations),
+        resumed_from=start_gen,
+        history=history,
+        out_dir=str(out),
+    )
+    summary = {
+        "generations": result.generations,
+        "resumed_from": start_gen,
+        "num_params": dim,
+        "best_return": best_return,
+        "best_eval_return": best_eval,
+        "final_sigma": float(es.sigma),
+        "seconds_this_session": round(time.perf_counter() - t_run, 3),
+        "last": history[-1] if history else None,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    if cfg.progress:
+        tqdm.write(
+            f"evolve: {result.generations} generations, best candidate {best_return:.4g}, "
+            f"best mean eval {best_eval if best_eval is None else round(best_eval, 4)}, "
+            f"weights in {out}"
+        )
+    return result
+
+
+def _checkpoint(
+    out: Path,
+    es: cma.CMAEvolutionStrategy,
+    work: Controller,
+    selected: np.ndarray,
+    best_params: np.ndarray,
+    generation: int,
+    best_return: float,
+    best_eval: float | None,
+) -> None:
+    save_cma_state(
+        out / STATE_FILE,
+        es,
+        extra_arrays={"best_params": best_params, "selected_params": selected},
+        extra_meta={
+            "generation": generation,
+            "best_return": best_return,
+            "best_eval_return": best_eval,
+        },
+    )
+    _save_params(out / "best.safetensors", work, best_params)
+    _save_params(out / "mean.safetensors", work, np.asarray(es.mean))
+    work.set_flat_params(selected)
+    save_model(out, work, kind="controller", step=generation)
+
+
+# ---------------------------------------------------------------------------------- backends
+def make_evaluator(
+    cfg: EvolveConfig,
+    controller: Controller,
+    *,
+    world_model: WorldModel | None = None,
+    start_latents: StartLatents | None = None,
+    rollout: RolloutFn | None = None,
+    ray_num_cpus: int | None = None,
+) -> Evaluator:
+    """Build the backend ``cfg.backend`` names.
+
+    Args:
+        cfg: supplies backend, temperature, max_episode_steps, workers, ray_address.
+        controller: template for the dream backend's batched controller.
+        world_model: needed for 'dream'.
+        start_latents: needed for 'dream'.
+        rollout: real-env rollout function (e.g. ``EnvRollout``), needed for 'processes'/'ray'.
+        ray_num_cpus: CPUs of a local Ray (default: ``cfg.workers`` or all).
+    """
+    if cfg.backend == "dream":
+        if world_model is None or start_latents is None:
+            raise ValueError("backend 'dream' needs a world_model and start_latents")
+        return DreamEvaluator(
+            world_model,
+            start_latents,
+            controller,
+            temperature=cfg.temperature,
+            max_episode_steps=cfg.max_episode_steps,
+        )
+    if rollout is None:
+        raise ValueError(f"backend {cfg.backend!r} needs a rollout function (e.g. EnvRollout)")
+    if cfg.backend == "processes":
+        return ProcessEvaluator(rollout, cfg.workers)
+    return RayEvaluator(
+        rollout,
+        address=cfg.ray_address,
+        num_cpus=ray_num_cpus if ray_num_cpus is not None else (cfg.workers or None),
+    )
