@@ -1,0 +1,111 @@
+"""The ``dreamlab`` command: one subcommand per stage, each a thin wrapper over a library function
+that takes the same dataclass (so ``--help`` shows the dataclass's field docstrings)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tyro
+
+from dreamlab.data.collect import CollectConfig, collect
+from dreamlab.pipeline import (
+    DreamArgs,
+    EncodeArgs,
+    EvaluateArgs,
+    PipelineConfig,
+    ReportArgs,
+    RunError,
+    TrainControllerArgs,
+    TrainMDNRNNArgs,
+    TrainVAEArgs,
+    dream,
+    encode,
+    evaluate,
+    report,
+    run_pipeline,
+    train_controller,
+    train_mdnrnn,
+    train_vae,
+)
+
+
+@dataclass
+class ExportMinariArgs:
+    """Export an episode store as a Minari dataset (the Farama offline-RL standard)."""
+
+    store: Path
+    """episode store directory (e.g. runs/NAME/data)"""
+    dataset_id: str
+    """Minari dataset id, e.g. dreamlab/catch-random-v0"""
+    path: Path | None = None
+    """Minari datasets root (default: MINARI_DATASETS_PATH or ~/.minari/datasets)"""
+
+
+@dataclass
+class ImportMinariArgs:
+    """Import a Minari dataset of pixel observations into an episode store."""
+
+    dataset: str
+    """Minari dataset id (local) or dataset directory"""
+    out: Path
+    """episode store directory to create or complete"""
+
+
+def export_minari_cmd(args: ExportMinariArgs) -> Any:
+    from dreamlab.data.minari_io import export_minari
+
+    out = export_minari(args.store, args.dataset_id, args.path)
+    print(f"exported {args.store} -> {out}")
+    return out
+
+
+def import_minari_cmd(args: ImportMinariArgs) -> Any:
+    from dreamlab.data.minari_io import import_minari
+
+    store = import_minari(args.dataset, args.out)
+    print(f"imported {args.dataset} -> {args.out} ({len(store)} episodes)")
+    return store
+
+
+COMMANDS: dict[str, tuple[type, Callable[[Any], Any]]] = {
+    "pipeline": (PipelineConfig, run_pipeline),
+    "collect": (CollectConfig, collect),
+    "train-vae": (TrainVAEArgs, train_vae),
+    "encode": (EncodeArgs, encode),
+    "train-mdnrnn": (TrainMDNRNNArgs, train_mdnrnn),
+    "train-controller": (TrainControllerArgs, train_controller),
+    "evaluate": (EvaluateArgs, evaluate),
+    "dream": (DreamArgs, dream),
+    "report": (ReportArgs, report),
+    "export-minari": (ExportMinariArgs, export_minari_cmd),
+    "import-minari": (ImportMinariArgs, import_minari_cmd),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dreamlab`` console script."""
+    args = tyro.extras.subcommand_cli_from_dict(
+        {name: cls for name, (cls, _) in COMMANDS.items()},
+        args=argv,
+        prog="dreamlab",
+        description="World models: learn a model of the world from pixels, act in its dream.",
+    )
+    fn = next(fn for cls, fn in COMMANDS.values() if type(args) is cls)
+    try:
+        fn(args)
+    except (RunError, FileNotFoundError, ValueError) as e:
+        # Bad input: one clear line, no traceback; nothing saved has been touched.
+        print(f"dreamlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dreamlab: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

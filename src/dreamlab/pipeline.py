@@ -1,0 +1,925 @@
+"""The stages of one run directory, and the one-command pipeline over them.
+
+``runs/NAME/`` holds everything one experiment made::
+
+    config.json          the resolved RunConfig (every stage's settings)
+    data/                real episodes (episode store)
+    vae/                 V: config.json, model.safetensors, optimizer state, metrics, curves.png,
+                         reconstructions.png
+    latents/             every episode encoded by V (mu, logvar per frame)
+    mdnrnn/              M: same files as vae/
+    controller/          C trained in the dream (CMA-ES state, best/mean weights, metrics)
+    controller_vonly/    the V-only ablation (C sees z but not M's memory h)
+    eval.json            real-env scores of every agent
+    dream_vs_real.mp4    real | imagined, open loop; prediction_error.png
+    report.md            the summary a person reads
+
+Every stage is resumable and idempotent: run it again and it continues where it stopped (or
+returns at once when it is done). So ``pipeline`` simply runs each stage in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+import tyro
+
+from dreamlab.checkpoint import config_from_dict, has_model, load_model
+from dreamlab.data.collect import CollectConfig, collect
+from dreamlab.data.sampling import FrameSampler
+from dreamlab.data.store import EpisodeStore
+from dreamlab.envs import make_env
+from dreamlab.envs.policies import make_policy
+from dreamlab.io import atomic_write_json, read_json
+from dreamlab.models import frames_to_tensor
+from dreamlab.models.controller import Controller, ControllerConfig
+from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
+from dreamlab.models.vae import VAE, VAEConfig
+from dreamlab.train.encode import encode_store
+from dreamlab.train.evolve import EvolveConfig, evolve, make_evaluator
+from dreamlab.train.fit import TrainConfig, fit, frame_batches, sequence_batches
+from dreamlab.viz import save_image_grid
+from dreamlab.worldmodel import VMWorldModel, start_latents_from_store
+
+STAGES = (
+    "collect",
+    "vae",
+    "encode",
+    "mdnrnn",
+    "controller",
+    "controller_vonly",
+    "evaluate",
+    "dream",
+    "report",
+)
+Stage = Literal[
+    "collect",
+    "vae",
+    "encode",
+    "mdnrnn",
+    "controller",
+    "controller_vonly",
+    "evaluate",
+    "dream",
+    "report",
+]
+
+
+class RunError(ValueError):
+    """A run directory is missing a stage's input or holds a conflicting config."""
+
+
+@dataclass
+class RunConfig:
+    """Every setting of one experiment; saved as ``runs/NAME/config.json``."""
+
+    preset: str = "catch"
+    """name of the preset these settings started from"""
+    env: str = "catch"
+    """environment: preset name, registered Gymnasium id, or pkg.module:Class"""
+    seed: int = 0
+    """seed of every stage"""
+    collect_episodes: int = 300
+    """real episodes collected with the collection policy"""
+    collect_policy: str = "preset"
+    """collection policy: random, brownian, expert, or 'preset' (the env preset's choice)"""
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    """V's architecture"""
+    vae_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, batch_size=100))
+    """V's training loop"""
+    mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
+    """M's architecture (z_dim and action_dim are set from V and the env)"""
+    mdnrnn_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=10, batch_size=32, lr=1e-3)
+    )
+    """M's training loop"""
+    seq_len: int = 32
+    """steps per training sub-sequence of M"""
+    controller_hidden: int = 0
+    """0 = the paper's linear C; >0 = one hidden layer (the paper's ablation)"""
+    controller_mapping: Literal["auto", "carracing"] = "auto"
+    """how C's tanh outputs map to actions ('carracing': steer, gas, brake)"""
+    evolve: EvolveConfig = field(default_factory=EvolveConfig)
+    """CMA-ES settings (backend 'dream' trains C inside the dream)"""
+    vonly_ablation: bool = True
+    """also train the V-only controller (C reads z alone)"""
+    eval_episodes: int = 100
+    """real-env episodes per agent in the evaluate stage"""
+    dream_horizon: int = 30
+    """open-loop steps in the dream-vs-reality video"""
+    dream_context: int = 2
+    """real frames the model sees before it dreams in that video"""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "config.json") -> RunConfig:
+        nested = {
+            "vae": VAEConfig,
+            "vae_train": TrainConfig,
+            "mdnrnn": MDNRNNConfig,
+            "mdnrnn_train": TrainConfig,
+            "evolve": EvolveConfig,
+        }
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RunError(f"{source}: unknown fields {unknown}")
+        values = dict(data)
+        for name, klass in nested.items():
+            if name in values:
+                values[name] = config_from_dict(klass, values[name], f"{source}:{name}")
+        return cls(**values)
+
+
+# ------------------------------------------------------------------------------------ presets
+def _catch() -> RunConfig:
+    return RunConfig(
+        preset="catch",
+        env="catch",
+        collect_episodes=300,
+        collect_policy="random",
+        # The 3x3 ball is 0.2% of a frame: with the plain loss V never learns it (docs/vm.md).
+        vae=VAEConfig(z_dim=32, foreground_weight=10.0),
+        vae_train=TrainConfig(epochs=2, batch_size=64, lr=1e-3, log_every=25, checkpoint_every=200),
+        mdnrnn=MDNRNNConfig(hidden_size=256),
+        mdnrnn_train=TrainConfig(
+            epochs=20, batch_size=32, lr=1e-3, log_every=25, checkpoint_every=200
+        ),
+        seq_len=32,
+        evolve=EvolveConfig(
+            generations=60,
+            population_size=32,
+            rollouts_per_candidate=8,
+            sigma0=0.1,
+            eval_every=20,
+            eval_rollouts=256,
+            temperature=1.0,
+            max_episode_steps=200,
+            real_eval_every=20,
+            real_eval_episodes=16,
+        ),
+        eval_episodes=100,
+    )
+
+
+def _catch_debug() -> RunConfig:
+    cfg = _catch()
+    cfg.preset = "catch-debug"
+    cfg.collect_episodes = 20
+    cfg.vae_train = TrainConfig(
+        steps=30,
+        batch_size=32,
+        lr=1e-3,
+        log_every=10,
+        checkpoint_every=20,
+        progress=False,
+        tensorboard=False,
+    )
+    cfg.mdnrnn = MDNRNNConfig(hidden_size=32)
+    cfg.mdnrnn_train = TrainConfig(
+        steps=30,
+        batch_size=8,
+        lr=1e-3,
+        log_every=10,
+        checkpoint_every=20,
+        progress=False,
+        tensorboard=False,
+    )
+    cfg.seq_len = 16
+    cfg.evolve = EvolveConfig(
+        generations=2,
+        population_size=4,
+        rollouts_per_candidate=2,
+        eval_every=0,
+        max_episode_steps=50,
+        progress=False,
+        tensorboard=False,
+    )
+    cfg.eval_episodes = 4
+    cfg.dream_horizon = 10
+    return cfg
+
+
+def _carracing() -> RunConfig:
+    return RunConfig(
+        preset="carracing",
+        env="carracing",
+        collect_episodes=10_000,
+        collect_policy="preset",
+        vae=VAEConfig(z_dim=32),
+        vae_train=TrainConfig(epochs=10, batch_size=100, lr=1e-4, checkpoint_every=2000),
+        mdnrnn=MDNRNNConfig(hidden_size=256),
+        mdnrnn_train=TrainConfig(epochs=20, batch_size=100, lr=1e-3, checkpoint_every=2000),
+        seq_len=999,
+        controller_mapping="carracing",
+        evolve=EvolveConfig(
+            generations=2000,
+            population_size=64,
+            rollouts_per_candidate=16,
+            eval_every=25,
+            eval_rollouts=1024,
+            backend="processes",
+            max_episode_steps=1000,
+        ),
+        eval_episodes=100,
+    )
+
+
+def _carracing_small() -> RunConfig:
+    cfg = _carracing()
+    cfg.preset = "carracing-small"
+    cfg.collect_episodes = 200
+    cfg.vae_train = TrainConfig(epochs=3, batch_size=100, lr=1e-4, checkpoint_every=500)
+    cfg.mdnrnn_train = TrainConfig(epochs=10, batch_size=16, lr=1e-3, checkpoint_every=500)
+    cfg.seq_len = 100
+    cfg.evolve = dataclasses.replace(
+        cfg.evolve,
+        generations=30,
+        population_size=16,
+        rollouts_per_candidate=2,
+        eval_every=10,
+        eval_rollouts=16,
+        backend="dream",
+        temperature=1.0,
+    )
+    cfg.eval_episodes = 10
+    return cfg
+
+
+def _doom() -> RunConfig:
+    return RunConfig(
+        preset="doom-takecover",
+        env="doom-takecover",
+        collect_episodes=10_000,
+        collect_policy="random",
+        vae=VAEConfig(z_dim=64),
+        vae_train=TrainConfig(epochs=10, batch_size=100, lr=1e-4, checkpoint_every=2000),
+        mdnrnn=MDNRNNConfig(hidden_size=512),
+        mdnrnn_train=TrainConfig(epochs=20, batch_size=100, lr=1e-3, checkpoint_every=2000),
+        seq_len=500,
+        evolve=EvolveConfig(
+            generations=2000,
+            population_size=64,
+            rollouts_per_candidate=16,
+            eval_every=25,
+            eval_rollouts=1024,
+            temperature=1.15,
+            max_episode_steps=2100,
+            real_eval_every=25,
+            real_eval_episodes=64,
+        ),
+        vonly_ablation=False,
+        eval_episodes=100,
+    )
+
+
+def _doom_small() -> RunConfig:
+    cfg = _doom()
+    cfg.preset = "doom-takecover-small"
+    cfg.collect_episodes = 400
+    cfg.vae_train = TrainConfig(epochs=2, batch_size=100, lr=1e-3, checkpoint_every=500)
+    cfg.mdnrnn = MDNRNNConfig(hidden_size=256)
+    cfg.mdnrnn_train = TrainConfig(epochs=10, batch_size=32, lr=1e-3, checkpoint_every=500)
+    cfg.seq_len = 64
+    cfg.evolve = dataclasses.replace(
+        cfg.evolve,
+        generations=100,
+        population_size=32,
+        rollouts_per_candidate=8,
+        eval_every=25,
+        eval_rollouts=256,
+        real_eval_every=25,
+        real_eval_episodes=16,
+    )
+    cfg.eval_episodes = 100
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "catch": _catch,
+    "catch-debug": _catch_debug,
+    "carracing": _carracing,
+    "carracing-small": _carracing_small,
+    "doom-takecover": _doom,
+    "doom-takecover-small": _doom_small,
+}
+
+
+def get_run_preset(name: str) -> RunConfig:
+    """A fresh copy of the named pipeline preset."""
+    if name not in PRESETS:
+        raise RunError(f"unknown pipeline preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ------------------------------------------------------------------------------------ run dir
+class Run:
+    """A run directory and its resolved config."""
+
+    def __init__(self, path: str | Path, config: RunConfig) -> None:
+        self.path = Path(path)
+        self.config = config
+
+    @classmethod
+    def open(cls, path: str | Path, preset: str | None = None) -> Run:
+        """Open ``path``; create it from ``preset`` if it has no config yet.
+
+        A run that exists keeps its own config: a different ``preset`` is an error, so that one
+        directory never mixes two experiments.
+        """
+        root = Path(path)
+        cfg_path = root / "config.json"
+        if cfg_path.exists():
+            config = RunConfig.from_json(read_json(cfg_path, "run config"), str(cfg_path))
+            if preset is not None and preset != config.preset:
+                raise RunError(
+                    f"{root} was made with preset {config.preset!r}, not {preset!r}; use another "
+                    "--run directory"
+                )
+            return cls(root, config)
+        if preset is None:
+            raise RunError(f"{root}: no config.json; start it with --preset NAME")
+        run = cls(root, get_run_preset(preset))
+        run.save_config()
+        return run
+
+    def save_config(self) -> None:
+        atomic_write_json(self.path / "config.json", self.config.to_json())
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # --------------------------------------------------------------- stage bookkeeping
+    def record_time(self, stage: str, seconds: float) -> None:
+        """Add ``seconds`` to the stage's wall time in ``timings.json`` (sums over resumes)."""
+        path = self.path / "timings.json"
+        times = read_json(path, "timings") if path.exists() else {}
+        times[stage] = round(times.get(stage, 0.0) + seconds, 2)
+        atomic_write_json(path, times)
+
+    def timings(self) -> dict[str, float]:
+        path = self.path / "timings.json"
+        return read_json(path, "timings") if path.exists() else {}
+
+    # --------------------------------------------------------------- loaders
+    def data(self) -> EpisodeStore:
+        if not (self.path / "data" / "store.json").exists():
+            raise RunError(f"{self.path}: no episodes yet; run `dreamlab collect` first")
+        return EpisodeStore.open(self.path / "data")
+
+    def latents(self) -> EpisodeStore:
+        if not (self.path / "latents" / "store.json").exists():
+            raise RunError(f"{self.path}: no latents yet; run `dreamlab encode` first")
+        return EpisodeStore.open(self.path / "latents")
+
+    def vae(self) -> VAE:
+        if not has_model(self.path / "vae"):
+            raise RunError(f"{self.path}: no trained V; run `dreamlab train-vae` first")
+        return load_model(self.path / "vae")
+
+    def mdnrnn(self) -> MDNRNN:
+        if not has_model(self.path / "mdnrnn"):
+            raise RunError(f"{self.path}: no trained M; run `dreamlab train-mdnrnn` first")
+        return load_model(self.path / "mdnrnn")
+
+    def controller(self, name: str = "controller") -> Controller:
+        if not has_model(self.path / name):
+            raise RunError(f"{self.path}: no {name}; run `dreamlab train-controller` first")
+        return load_model(self.path / name)
+
+    def action_space(self) -> Any:
+        env = make_env(self.config.env)
+        try:
+            return env.action_space
+        finally:
+            env.close()
+
+    def world_model(self, features: Literal["zh", "z"] = "zh") -> VMWorldModel:
+        return VMWorldModel(self.vae(), self.mdnrnn(), self.action_space(), features=features)
+
+
+def _timed(run: Run, stage: str, fn: Callable[[], Any]) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        run.record_time(stage, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------ stages
+def stage_collect(run: Run, progress: bool = True) -> Any:
+    """Collect ``collect_episodes`` real episodes into ``data/`` (appends what is missing)."""
+    cfg = run.config
+    return _timed(
+        run,
+        "collect",
+        lambda: collect(
+            CollectConfig(
+                env=cfg.env,
+                out=run / "data",
+                episodes=cfg.collect_episodes,
+                policy=cfg.collect_policy,
+                seed=cfg.seed,
+                progress=progress,
+            )
+        ),
+    )
+
+
+def stage_vae(run: Run) -> Any:
+    """Train V on shuffled frames of ``data/``; write reconstructions and learning curves."""
+    cfg = run.config
+    store = run.data()
+    frame_shape = store.meta.obs_shape
+    vcfg = dataclasses.replace(cfg.vae, frame_size=int(frame_shape[0]))
+    torch.manual_seed(cfg.seed)
+    vae = VAE(vcfg)
+    batches = frame_batches(store, cfg.vae_train.batch_size, seed=cfg.seed)
+    total = cfg.vae_train.resolve_steps(store.num_frames)
+
+    def train() -> Any:
+        result = fit(vae, batches, cfg.vae_train, run / "vae", total_steps=total, stage="vae")
+        real = FrameSampler(store, 10, seed=cfg.seed).sample()  # (10, H, W, 3)
+        vae.eval()
+        with torch.inference_mode():
+            recon, _, _ = vae(frames_to_tensor(real))
+        recon_u8 = (recon.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        save_image_grid(
+            run / "vae" / "reconstructions.png", [real, recon_u8], labels=["real", "V(real)"]
+        )
+        return result
+
+    return _timed(run, "vae", train)
+
+
+def stage_encode(run: Run, progress: bool = True) -> EpisodeStore:
+    """Encode every episode with V into ``latents/`` (skips episodes already encoded)."""
+    return _timed(
+        run,
+        "encode",
+        lambda: encode_store(
+            run.vae(), run.data(), run / "latents", vae_source=str(run / "vae"), progress=progress
+        ),
+    )
+
+
+def stage_mdnrnn(run: Run) -> Any:
+    """Train M on sub-sequences of ``latents/``."""
+    cfg = run.config
+    latents = run.latents()
+    vae_cfg = run.vae().config
+    space = run.action_space()
+    action_dim = int(space.n) if hasattr(space, "n") else int(np.prod(space.shape))
+    mcfg = dataclasses.replace(cfg.mdnrnn, z_dim=vae_cfg.z_dim, action_dim=action_dim)
+    torch.manual_seed(cfg.seed)
+    model = MDNRNN(mcfg)
+    batches = sequence_batches(latents, cfg.seq_len, cfg.mdnrnn_train.batch_size, seed=cfg.seed)
+    # One epoch = as many sequences as it takes to see every step once.
+    total = cfg.mdnrnn_train.resolve_steps(max(1, latents.num_steps // cfg.seq_len))
+
+    return _timed(
+        run,
+        "mdnrnn",
+        lambda: fit(
+            model, batches, cfg.mdnrnn_train, run / "mdnrnn", total_steps=total, stage="mdnrnn"
+        ),
+    )
+
+
+def _controller_config(run: Run, world_model: VMWorldModel, inputs: Literal["zh", "z"]) -> Any:
+    cfg = run.config
+    return ControllerConfig.from_action_space(
+        world_model.feature_dim,
+        run.action_space(),
+        mapping=cfg.controller_mapping,
+        hidden_size=cfg.controller_hidden,
+        inputs=inputs,
+    )
+
+
+def stage_controller(
+    run: Run, inputs: Literal["zh", "z"] = "zh", evolve_cfg: EvolveConfig | None = None
+) -> Any:
+    """Train C by CMA-ES (in the dream by default) into ``controller/`` (or ``controller_vonly/``)."""
+    from dreamlab.agent import WorldModelAgentFactory
+    from dreamlab.train.evaluators import EnvRollout
+
+    cfg = run.config
+    ecfg = evolve_cfg or cfg.evolve
+    name = "controller" if inputs == "zh" else "controller_vonly"
+    world_model = run.world_model(inputs)
+    ccfg = _controller_config(run, world_model, inputs)
+    torch.manual_seed(cfg.seed)
+    controller = Controller(ccfg)
+    start = start_latents_from_store(run.latents(), frames="first")
+    rollout = EnvRollout(
+        cfg.env,
+        WorldModelAgentFactory(run / "vae", run / "mdnrnn", ccfg),
+        max_episode_steps=ecfg.max_episode_steps,
+    )
+    backend = make_evaluator(
+        ecfg, controller, world_model=world_model, start_latents=start, rollout=rollout
+    )
+    real = None
+    if ecfg.real_eval_every and ecfg.backend == "dream":
+        real = make_evaluator(
+            dataclasses.replace(ecfg, backend="processes"), controller, rollout=rollout
+        )
+    try:
+        return _timed(
+            run, name, lambda: evolve(controller, backend, ecfg, run / name, real_backend=real)
+        )
+    finally:
+        backend.close()
+        if real is not None:
+            real.close()
+
+
+def _agent(run: Run, which: str) -> Any:
+    """The policy called ``which``: random, expert, controller, controller_vonly."""
+    from dreamlab.agent import WorldModelAgent
+
+    if which in ("random", "expert"):
+        return make_policy(which, run.action_space(), seed=run.config.seed)
+    features: Literal["zh", "z"] = "z" if which == "controller_vonly" else "zh"
+    return WorldModelAgent(run.world_model(features), run.controller(which))
+
+
+def evaluate_agent(
+    run: Run, which: str, episodes: int, *, video: bool = True, progress: bool = True
+) -> dict[str, Any]:
+    """Score one agent in the real env; write ``eval_<which>_{best,worst}.mp4``."""
+    from dreamlab.eval.evaluate import evaluate_policy
+    from dreamlab.viz import write_video
+
+    cfg = run.config
+    result = evaluate_policy(
+        lambda: make_env(cfg.env),
+        _agent(run, which),
+        episodes,
+        env_name=cfg.env,
+        seed=cfg.seed + 10_000,
+        record=video,
+        progress=progress,
+    )
+    summary = {"agent": which, **result.summary()}
+    if video and result.best_frames is not None and result.worst_frames is not None:
+        write_video(run / f"eval_{which}_best.mp4", result.best_frames, fps=15)
+        write_video(run / f"eval_{which}_worst.mp4", result.worst_frames, fps=15)
+        summary["videos"] = [f"eval_{which}_best.mp4", f"eval_{which}_worst.mp4"]
+    return summary
+
+
+def stage_evaluate(
+    run: Run, agents: list[str] | None = None, episodes: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Evaluate every available agent in the real env; write ``eval.json``.
+
+    ``eval.json`` keeps the controller's numbers at the top level (``env``, ``episodes``,
+    ``mean_return``, ``std_return``, ``catch_rate`` for Catch) and every agent under ``agents``.
+    """
+    cfg = run.config
+    n = episodes or cfg.eval_episodes
+    if agents is None:
+        agents = ["random", "controller"]
+        if cfg.vonly_ablation and has_model(run / "controller_vonly"):
+            agents.append("controller_vonly")
+        if cfg.env in ("catch", "catch-discrete") or "Catch" in cfg.env:
+            agents.insert(1, "expert")
+
+    def work() -> dict[str, Any]:
+        path = run / "eval.json"
+        previous = read_json(path, "eval") if path.exists() else {"agents": {}}
+        scores = dict(previous.get("agents", {}))
+        for which in agents:
+            scores[which] = evaluate_agent(run, which, n, progress=progress)
+        main = scores.get("controller") or next(iter(scores.values()))
+        out = {k: v for k, v in main.items() if k not in ("agent", "videos")}
+        out["agents"] = scores
+        atomic_write_json(path, out)
+        return out
+
+    return _timed(run, "evaluate", work)
+
+
+def stage_dream(run: Run) -> dict[str, Any]:
+    """Dream vs reality: open-loop video and prediction error against the horizon."""
+    from dreamlab.eval.dream_vs_real import dream_vs_real
+
+    cfg = run.config
+    store = run.data()
+    need = cfg.dream_context + cfg.dream_horizon - 1
+    rng = np.random.default_rng(cfg.seed)
+    candidates = [i for i, n in zip(store.indices, store.lengths, strict=True) if n >= need]
+    if not candidates:
+        raise RunError(f"{run.path}: no episode has {need} steps for the dream-vs-real video")
+    chosen = rng.choice(candidates, size=min(16, len(candidates)), replace=False)
+    episodes = [store.episode(int(i)) for i in sorted(chosen)]
+    return _timed(
+        run,
+        "dream",
+        lambda: dream_vs_real(
+            run.world_model(),
+            episodes,
+            run.path,
+            context=cfg.dream_context,
+            horizon=cfg.dream_horizon,
+            temperature=cfg.evolve.temperature,
+            seed=cfg.seed,
+        ),
+    )
+
+
+@dataclass
+class PipelineConfig:
+    """Run every stage of a world-model experiment in one run directory, resumably."""
+
+    run: Path = Path("runs/demo")
+    """run directory (created from --preset, or resumed)"""
+    preset: str = "catch"
+    """pipeline preset: catch, catch-debug, carracing, carracing-small, doom-takecover, doom-takecover-small"""
+    until: Stage = "report"
+    """stop after this stage"""
+    progress: bool = True
+    """show progress bars"""
+
+
+def run_pipeline(cfg: PipelineConfig) -> Run:
+    """collect -> V -> encode -> M -> C in the dream (+ V-only ablation) -> evaluate -> report."""
+    from dreamlab.eval.report import write_report
+
+    run = Run.open(cfg.run, cfg.preset)
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("collect", lambda: stage_collect(run, cfg.progress)),
+        ("vae", lambda: stage_vae(run)),
+        ("encode", lambda: stage_encode(run, cfg.progress)),
+        ("mdnrnn", lambda: stage_mdnrnn(run)),
+        ("controller", lambda: stage_controller(run, "zh")),
+        (
+            "controller_vonly",
+            lambda: stage_controller(run, "z") if run.config.vonly_ablation else None,
+        ),
+        ("evaluate", lambda: stage_evaluate(run, progress=cfg.progress)),
+        ("dream", lambda: stage_dream(run)),
+        ("report", lambda: write_report(run)),
+    ]
+    t0 = time.perf_counter()
+    for name, fn in steps:
+        print(f"[dreamlab] stage {name} ({run.path})", flush=True)
+        fn()
+        if name == cfg.until:
+            break
+    print(
+        f"[dreamlab] pipeline done in {time.perf_counter() - t0:.0f} s: {run.path}/report.md",
+        flush=True,
+    )
+    return run
+
+
+# ------------------------------------------------------------------------------------ commands
+# Each dataclass below is both a CLI command's arguments and the argument of the library function
+# beside it: `dreamlab train-vae --run R --epochs 5` is `train_vae(TrainVAEArgs(run=R, epochs=5))`.
+# Overrides given on the command line are written into the run's config.json, so the file always
+# says what was run.
+
+
+@dataclass
+class TrainVAEArgs:
+    """Train V (the VAE) on the run's episodes."""
+
+    run: Path
+    """run directory holding data/ (from `dreamlab collect`)"""
+    preset: str | None = None
+    """pipeline preset for a run without config.json (default: catch)"""
+    epochs: float | None = None
+    """passes over the frames (overrides the preset)"""
+    steps: int | None = None
+    """optimizer steps (overrides epochs)"""
+    batch_size: int | None = None
+    """frames per step"""
+    lr: float | None = None
+    """learning rate"""
+    z_dim: int | None = None
+    """size of z"""
+    kl_tolerance: float | None = None
+    """KL floor as a fraction of z_dim nats (0 disables)"""
+
+
+def _open_for_stage(run: Path, preset: str | None) -> Run:
+    if (Path(run) / "config.json").exists():
+        return Run.open(run, preset)
+    return Run.open(run, preset or "catch")
+
+
+def _override(obj: Any, **values: Any) -> Any:
+    """``dataclasses.replace`` with only the values that are not None."""
+    given = {k: v for k, v in values.items() if v is not None}
+    return dataclasses.replace(obj, **given) if given else obj
+
+
+def train_vae(args: TrainVAEArgs) -> Any:
+    run = _open_for_stage(args.run, args.preset)
+    cfg = run.config
+    cfg.vae_train = _override(
+        cfg.vae_train, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr
+    )
+    cfg.vae = _override(cfg.vae, z_dim=args.z_dim, kl_tolerance=args.kl_tolerance)
+    run.save_config()
+    return stage_vae(run)
+
+
+@dataclass
+class EncodeArgs:
+    """Encode every episode with V into latents/ (mu, logvar per frame)."""
+
+    run: Path
+    """run directory holding data/ and vae/"""
+
+
+def encode(args: EncodeArgs) -> EpisodeStore:
+    return stage_encode(Run.open(args.run))
+
+
+@dataclass
+class TrainMDNRNNArgs:
+    """Train M (the MDN-RNN) on the run's latents."""
+
+    run: Path
+    """run directory holding latents/ (from `dreamlab encode`)"""
+    epochs: float | None = None
+    """passes over the steps (overrides the preset)"""
+    steps: int | None = None
+    """optimizer steps (overrides epochs)"""
+    batch_size: int | None = None
+    """sequences per step"""
+    seq_len: int | None = None
+    """steps per training sequence"""
+    hidden_size: int | None = None
+    """LSTM size"""
+    num_mixtures: int | None = None
+    """Gaussians per latent dimension"""
+
+
+def train_mdnrnn(args: TrainMDNRNNArgs) -> Any:
+    run = Run.open(args.run)
+    cfg = run.config
+    cfg.mdnrnn_train = _override(
+        cfg.mdnrnn_train, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size
+    )
+    cfg.mdnrnn = _override(cfg.mdnrnn, hidden_size=args.hidden_size, num_mixtures=args.num_mixtures)
+    if args.seq_len is not None:
+        cfg.seq_len = args.seq_len
+    run.save_config()
+    return stage_mdnrnn(run)
+
+
+@dataclass
+class TrainControllerArgs:
+    """Train C by CMA-ES, inside the dream (default) or in the real env."""
+
+    run: Path
+    """run directory holding vae/, mdnrnn/ and latents/"""
+    in_: Annotated[Literal["dream", "real"], tyro.conf.arg(name="in")] = "dream"
+    """where candidates are scored: 'dream' (batched rollouts inside the world model) or 'real'"""
+    temperature: float | None = None
+    """dream temperature tau (the paper's Doom: 1.15)"""
+    generations: int | None = None
+    """CMA-ES generations"""
+    population_size: int | None = None
+    """candidates per generation"""
+    rollouts_per_candidate: int | None = None
+    """episodes per candidate"""
+    sigma0: float | None = None
+    """initial CMA-ES step size"""
+    ray: bool = False
+    """with --where real: evaluate candidates on a Ray cluster instead of local processes"""
+    ray_address: str | None = None
+    """Ray cluster address ('auto' for a running one); None starts a local Ray"""
+    workers: int | None = None
+    """worker processes / Ray CPUs for real-env rollouts (0 = all)"""
+    vonly: bool = False
+    """train the V-only ablation (C reads z alone) into controller_vonly/"""
+
+
+def train_controller(args: TrainControllerArgs) -> Any:
+    run = Run.open(args.run)
+    cfg = run.config
+    backend = "dream" if args.in_ == "dream" else ("ray" if args.ray else "processes")
+    cfg.evolve = _override(
+        cfg.evolve,
+        temperature=args.temperature,
+        generations=args.generations,
+        population_size=args.population_size,
+        rollouts_per_candidate=args.rollouts_per_candidate,
+        sigma0=args.sigma0,
+        ray_address=args.ray_address,
+        workers=args.workers,
+        backend=backend,
+    )
+    run.save_config()
+    return stage_controller(run, "z" if args.vonly else "zh")
+
+
+@dataclass
+class EvaluateArgs:
+    """Run agents in the real env; write eval.json and videos of the best and worst episodes."""
+
+    run: Path
+    """run directory"""
+    episodes: int = 100
+    """episodes per agent"""
+    agent: list[str] = field(default_factory=lambda: ["controller"])
+    """agents to score: controller, controller_vonly, random, expert"""
+
+
+def evaluate(args: EvaluateArgs) -> dict[str, Any]:
+    run = Run.open(args.run)
+    out = stage_evaluate(run, agents=list(args.agent), episodes=args.episodes)
+    for name, a in out["agents"].items():
+        extra = f", catch rate {a['catch_rate']:.2f}" if "catch_rate" in a else ""
+        print(
+            f"{name:>18}: return {a['mean_return']:.2f} ± {a['std_return']:.2f} over "
+            f"{a['episodes']} episodes{extra}"
+        )
+    return out
+
+
+@dataclass
+class DreamArgs:
+    """Render a dream decoded by V, and dream vs reality side by side."""
+
+    run: Path
+    """run directory holding vae/, mdnrnn/ and latents/"""
+    video: Path | None = None
+    """where to write the decoded dream (.mp4 or .gif); default RUN/dream.mp4"""
+    steps: int = 150
+    """dream length in steps"""
+    temperature: float = 1.0
+    """sampling temperature tau"""
+    agent: Literal["controller", "random"] = "controller"
+    """who acts in the dream (the trained controller if there is one, else random)"""
+    seed: int = 0
+    """seed of the dream"""
+
+
+def dream(args: DreamArgs) -> Path:
+    from dreamlab.dream import DreamEnv
+    from dreamlab.viz import write_video
+
+    run = Run.open(args.run)
+    world_model = run.world_model()
+    space = run.action_space()
+    env = DreamEnv(
+        world_model,
+        start_latents_from_store(run.latents()),
+        space,
+        temperature=args.temperature,
+        max_episode_steps=args.steps,
+        render_mode="rgb_array",
+    )
+    controller = None
+    if args.agent == "controller" and has_model(run / "controller"):
+        controller = run.controller()
+    space.seed(args.seed)
+    obs, _ = env.reset(seed=args.seed)
+    frames = [env.render()]
+    for _ in range(args.steps):
+        if controller is None:
+            action = space.sample()
+        else:
+            with torch.inference_mode():
+                action = controller(torch.as_tensor(obs)[None])[0].numpy()
+        obs, _, terminated, truncated, _ = env.step(action)
+        frames.append(env.render())
+        if terminated or truncated:
+            break
+    out = args.video or (run / "dream.mp4")
+    write_video(out, np.stack(frames), fps=15)
+    stage_dream(run)
+    print(f"dream: {len(frames)} frames -> {out}; dream vs real -> {run / 'dream_vs_real.mp4'}")
+    return Path(out)
+
+
+@dataclass
+class ReportArgs:
+    """Write report.md for a run directory from what its stages saved."""
+
+    run: Path
+    """run directory"""
+
+
+def report(args: ReportArgs) -> Path:
+    from dreamlab.eval.report import write_report
+
+    path = write_report(Run.open(args.run))
+    print(path)
+    return path

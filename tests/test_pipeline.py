@@ -1,0 +1,128 @@
+"""The run directory and the one-command pipeline, end to end on the tiny ``catch-debug`` preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dreamlab.cli import main
+from dreamlab.pipeline import (
+    PipelineConfig,
+    Run,
+    RunConfig,
+    RunError,
+    get_run_preset,
+    run_pipeline,
+)
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("runs") / "debug"
+    run_pipeline(PipelineConfig(run=path, preset="catch-debug", progress=False))
+    return path
+
+
+def test_pipeline_writes_every_artifact(debug_run: Path) -> None:
+    for name in [
+        "config.json",
+        "data/store.json",
+        "vae/model.safetensors",
+        "vae/config.json",
+        "vae/metrics.jsonl",
+        "vae/reconstructions.png",
+        "latents/store.json",
+        "mdnrnn/model.safetensors",
+        "controller/model.safetensors",
+        "controller/cma_state.safetensors",
+        "controller_vonly/model.safetensors",
+        "eval.json",
+        "dream_vs_real.mp4",
+        "dream_vs_real.gif",
+        "prediction_error.png",
+        "report.md",
+        "timings.json",
+    ]:
+        assert (debug_run / name).exists(), name
+    ev = json.loads((debug_run / "eval.json").read_text())
+    for key in ("env", "episodes", "mean_return", "std_return", "catch_rate"):
+        assert key in ev
+    assert set(ev["agents"]) >= {"random", "expert", "controller", "controller_vonly"}
+    assert ev["agents"]["expert"]["catch_rate"] > 0.9
+    report = (debug_run / "report.md").read_text()
+    assert "Scores in the real environment" in report
+    assert "Dream vs reality" in report
+    assert "Wall time" in report
+    # nothing pickled anywhere in a run directory
+    assert not list(debug_run.rglob("*.pt")) and not list(debug_run.rglob("*.pkl"))
+
+
+def test_pipeline_resumes_as_a_no_op(debug_run: Path) -> None:
+    before = {
+        p: p.stat().st_mtime_ns
+        for p in [debug_run / "vae/model.safetensors", debug_run / "mdnrnn/model.safetensors"]
+    }
+    data_files = sorted((debug_run / "data/episodes").iterdir())
+    run_pipeline(
+        PipelineConfig(run=debug_run, preset="catch-debug", until="mdnrnn", progress=False)
+    )
+    assert sorted((debug_run / "data/episodes").iterdir()) == data_files
+    for p, mtime in before.items():
+        assert p.stat().st_mtime_ns == mtime, f"{p} was retrained on resume"
+
+
+def test_run_config_round_trips() -> None:
+    for name in ("catch", "catch-debug", "carracing-small", "doom-takecover"):
+        cfg = get_run_preset(name)
+        again = RunConfig.from_json(json.loads(json.dumps(cfg.to_json())))
+        assert again == cfg
+
+
+def test_run_refuses_a_different_preset(debug_run: Path) -> None:
+    with pytest.raises(RunError, match="catch-debug"):
+        Run.open(debug_run, "catch")
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="unknown pipeline preset"):
+        Run.open(tmp_path / "x", "no-such-preset")
+
+
+def test_cli_stage_without_inputs_fails_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(["train-vae", "--run", str(tmp_path / "empty"), "--preset", "catch-debug"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no episodes yet" in err and "dreamlab collect" in err
+
+
+def test_cli_evaluate_and_report(debug_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(debug_run),
+                "--episodes",
+                "3",
+                "--agent",
+                "controller",
+                "random",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "controller" in out and "random" in out
+    ev = json.loads((debug_run / "eval.json").read_text())
+    assert ev["agents"]["controller"]["episodes"] == 3
+    assert main(["report", "--run", str(debug_run)]) == 0
+
+
+def test_cli_dream_writes_a_video(debug_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dream.gif"
+    assert main(["dream", "--run", str(debug_run), "--video", str(out), "--steps", "12"]) == 0
+    assert out.exists() and out.stat().st_size > 0
