@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Iterator
 
@@ -165,6 +167,19 @@ def test_discrete_actions_and_mask_in_compute_loss() -> None:
     assert masked["reward"] < 10.0
     with pytest.raises(ValueError, match="reward"):
         model.compute_loss({**batch, "reward": torch.zeros(2, 3)})
+
+
+def test_resample_z_draws_from_the_posterior_or_uses_its_mean() -> None:
+    torch.manual_seed(0)
+    batch = to_tensors(linear_dynamics(4, steps=5))
+    batch["logvar"] = torch.zeros_like(batch["logvar"])  # unit posterior noise
+    sampled = MDNRNN(MDNRNNConfig(z_dim=3, action_dim=1, hidden_size=8))
+    means = MDNRNN(dataclasses.replace(sampled.config, resample_z=False))
+    means.load_state_dict(sampled.state_dict())
+    # On posterior means the loss is a deterministic function of the batch...
+    assert means.compute_loss(batch)[1]["nll"] == means.compute_loss(batch)[1]["nll"]
+    # ...while re-sampling z (the paper) draws new inputs and targets every call.
+    assert sampled.compute_loss(batch)[1]["nll"] != sampled.compute_loss(batch)[1]["nll"]
 
 
 @pytest.mark.parametrize("shared", [False, True])

@@ -209,6 +209,42 @@ def _catch_debug() -> RunConfig:
     return cfg
 
 
+def _catch_test() -> RunConfig:
+    """Catch on 32x32 frames with small V and M: the whole pipeline learns in about a minute."""
+    quiet = {"progress": False, "tensorboard": False, "log_every": 50, "checkpoint_every": 500}
+    return RunConfig(
+        preset="catch-test",
+        env="catch-32",
+        collect_episodes=100,
+        collect_policy="random",
+        vae=VAEConfig(
+            frame_size=32,
+            z_dim=16,
+            enc_channels=(16, 32, 64, 128),
+            dec_channels=(64, 32, 16),
+            dec_dense=256,
+            foreground_weight=10.0,
+        ),
+        vae_train=TrainConfig(steps=600, batch_size=32, lr=2e-3, **quiet),
+        mdnrnn=MDNRNNConfig(hidden_size=64),
+        mdnrnn_train=TrainConfig(steps=2000, batch_size=32, lr=2e-3, **quiet),
+        seq_len=16,
+        evolve=EvolveConfig(
+            generations=60,
+            population_size=16,
+            rollouts_per_candidate=8,
+            eval_every=10,
+            eval_rollouts=64,
+            temperature=1.2,
+            max_episode_steps=80,
+            progress=False,
+            tensorboard=False,
+        ),
+        eval_episodes=50,
+        dream_horizon=12,
+    )
+
+
 def _carracing() -> RunConfig:
     return RunConfig(
         preset="carracing",
@@ -307,6 +343,7 @@ def _doom_small() -> RunConfig:
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "catch": _catch,
     "catch-debug": _catch_debug,
+    "catch-test": _catch_test,
     "carracing": _carracing,
     "carracing-small": _carracing_small,
     "doom-takecover": _doom,
@@ -593,7 +630,7 @@ def stage_evaluate(
         agents = ["random", "controller"]
         if cfg.vonly_ablation and has_model(run / "controller_vonly"):
             agents.append("controller_vonly")
-        if cfg.env in ("catch", "catch-discrete") or "Catch" in cfg.env:
+        if cfg.env.startswith("catch") or "Catch" in cfg.env:
             agents.insert(1, "expert")
 
     def work() -> dict[str, Any]:

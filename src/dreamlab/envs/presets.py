@@ -118,6 +118,14 @@ PRESETS: dict[str, EnvPreset] = {
             description="Catch with faster balls (3 px/step) and an 8 px paddle (4 px/step)",
         ),
         EnvPreset(
+            name="catch-32",
+            env_id="dreamlab/Catch-v0",
+            frame_size=32,
+            max_episode_steps=1000,
+            env_kwargs={"frame_size": 32, "paddle_width": 6},
+            description="Catch on 32x32 frames (13 steps per ball): a reduced world for fast tests",
+        ),
+        EnvPreset(
             name="carracing",
             env_id="CarRacing-v3",
             crop=(0, 12, 0, 0),

@@ -55,6 +55,8 @@ class MDNRNNConfig:
     """weight of the termination binary cross-entropy in the loss (0 disables it)"""
     termination_pos_weight: float = 10.0
     """up-weighting of terminated=True samples in the BCE (deaths are rare)"""
+    resample_z: bool = True
+    """train on z re-sampled from V's posterior each batch (the paper); False: on its means"""
 
     def __post_init__(self) -> None:
         for name in ("z_dim", "action_dim", "hidden_size", "num_mixtures"):
@@ -309,7 +311,9 @@ class MDNRNN(nn.Module):
             mask = torch.ones(b, t, device=device)
         denom = mask.sum().clamp_min(1.0)
 
-        z = mu_post + torch.exp(0.5 * logvar) * torch.randn_like(mu_post)  # (B, T+1, Z)
+        z = mu_post  # (B, T+1, Z)
+        if cfg.resample_z:
+            z = mu_post + torch.exp(0.5 * logvar) * torch.randn_like(mu_post)  # (B, T+1, Z)
         out = self(z[:, :-1], action)
         nll = (mixture_nll(z[:, 1:], out.logit_pi, out.mu, out.log_sigma) * mask).sum() / denom
         reward_mse = ((out.reward - reward).pow(2) * mask).sum() / denom
