@@ -42,8 +42,9 @@ def held_out(run: Run, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     """Episodes the models never saw (other seeds), and their latents."""
     root = tmp_path_factory.mktemp("held_out")
     collect(
-        CollectConfig(env="catch-32", out=root / "data", episodes=12, seed=50_000, progress=False,
-                      workers=1)
+        CollectConfig(
+            env="catch-32", out=root / "data", episodes=12, seed=50_000, progress=False, workers=1
+        )
     )
     from dreamlab.data.store import EpisodeStore
 
@@ -103,8 +104,15 @@ def test_m_predicts_dynamics_reward_and_termination_on_unseen_episodes(
 
 def test_dreams_decoded_by_v_look_like_catch(run: Run) -> None:
     world_model = run.world_model()
-    env = DreamVecEnv(world_model, start_latents_from_store(run.latents()), run.action_space(),
-                      16, temperature=1.0, max_episode_steps=40, render_mode="rgb_array")
+    env = DreamVecEnv(
+        world_model,
+        start_latents_from_store(run.latents()),
+        run.action_space(),
+        16,
+        temperature=1.0,
+        max_episode_steps=40,
+        render_mode="rgb_array",
+    )
     env.reset_tensor(seed=0)
     rng = np.random.default_rng(0)
     paddles = []
