@@ -35,6 +35,7 @@ from dreamlab.checkpoint import config_from_dict, has_model, load_model
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.sampling import FrameSampler
 from dreamlab.data.store import EpisodeStore
+from dreamlab.dream import frames_to_uint8
 from dreamlab.envs import make_env
 from dreamlab.envs.policies import make_policy
 from dreamlab.io import atomic_write_json, read_json
@@ -491,7 +492,7 @@ def stage_vae(run: Run) -> Any:
         vae.eval()
         with torch.inference_mode():
             recon, _, _ = vae(frames_to_tensor(real))
-        recon_u8 = (recon.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        recon_u8 = frames_to_uint8(recon)  # (10, H, W, 3)
         save_image_grid(
             run / "vae" / "reconstructions.png", [real, recon_u8], labels=["real", "V(real)"]
         )

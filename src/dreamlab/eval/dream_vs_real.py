@@ -17,6 +17,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dreamlab.dream import frames_to_uint8
 from dreamlab.io import atomic_path, atomic_write_json
 from dreamlab.models import frames_to_tensor
 from dreamlab.viz import write_video
@@ -40,11 +41,6 @@ class OpenLoopResult:
     imagined: np.ndarray
     pixel_mse: np.ndarray
     latent_mse: np.ndarray
-
-
-def _to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """``(B, 3, H, W)`` in [0, 1] -> ``(B, H, W, 3)`` uint8."""
-    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def open_loop(
@@ -89,11 +85,11 @@ def open_loop(
         state = world_model.observe(state, frames_to_tensor(obs[:, t], world_model.device))
         if t < context - 1:
             state, _, _ = world_model.step(state, act[:, t], temperature, gen)
-    imagined = [_to_uint8(world_model.decode(state))]
+    imagined = [frames_to_uint8(world_model.decode(state))]
     latents = [state.get("z")]
     for t in range(context - 1, context - 1 + horizon):
         state, _, _ = world_model.step(state, act[:, t], temperature, gen)
-        imagined.append(_to_uint8(world_model.decode(state)))
+        imagined.append(frames_to_uint8(world_model.decode(state)))
         latents.append(state.get("z"))
     real = obs[:, context - 1 :]  # (B, H+1, h, w, 3)
     dream = np.stack(imagined, axis=1)  # (B, H+1, h, w, 3)
