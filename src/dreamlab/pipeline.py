@@ -109,6 +109,9 @@ class RunConfig:
     """how C's tanh outputs map to actions ('carracing': steer, gas, brake)"""
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
     """CMA-ES settings (backend 'dream' trains C inside the dream)"""
+    dream_termination: Literal["threshold", "sample"] = "threshold"
+    """dream episodes end when M's termination probability > 0.5, or by sampling it (the
+    paper's Doom dream: deaths are rare, so a threshold would almost never end a dream)"""
     vonly_ablation: bool = True
     """also train the V-only controller (C reads z alone)"""
     eval_episodes: int = 100
@@ -316,6 +319,7 @@ def _doom() -> RunConfig:
             real_eval_every=25,
             real_eval_episodes=64,
         ),
+        dream_termination="sample",
         vonly_ablation=False,
         eval_episodes=100,
     )
@@ -444,7 +448,13 @@ class Run:
             env.close()
 
     def world_model(self, features: Literal["zh", "z"] = "zh") -> VMWorldModel:
-        return VMWorldModel(self.vae(), self.mdnrnn(), self.action_space(), features=features)
+        return VMWorldModel(
+            self.vae(),
+            self.mdnrnn(),
+            self.action_space(),
+            features=features,
+            termination=self.config.dream_termination,
+        )
 
 
 def _timed(run: Run, stage: str, fn: Callable[[], Any]) -> Any:
