@@ -4,7 +4,6 @@ sources that feed :func:`dreamlab.train.fit`."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +18,7 @@ from dreamlab.models.vae import VAE, VAEConfig
 from dreamlab.train.encode import encode_store
 from dreamlab.train.fit import TrainConfig, fit, frame_batches, sequence_batches
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ACTION = {"type": "Discrete", "n": 3, "start": 0}

@@ -18,14 +18,7 @@ from dreamlab.io import read_jsonl
 from dreamlab.models.vae import VAE, VAEConfig
 from dreamlab.train.fit import TrainConfig, TrainingDivergedError, fit
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_VAE = VAEConfig(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,14 +11,7 @@ import torch
 
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig, mixture_nll
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_dynamics(n: int, steps: int = 10, z_dim: int = 3, seed: int = 0, noise: float = 0.05):

@@ -46,7 +46,7 @@ STALE_TEMP_SECONDS = 60.0
 """Temp files older than this are leftovers of a crash; younger ones may be a live writer's."""
 
 _EPISODE_RE = re.compile(r"^ep_(\d{6,})\.safetensors$")
-# dreamlab.io.atomic_path names temp files ".{target}.XXXX.tmp{suffix}".
+# dreamlab.io.atomic_path names temp files ".{target}.<random>.tmp{suffix}".
 _TEMP_RE = re.compile(r"^\.ep_\d{6,}\.safetensors\..*\.tmp.*$")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
