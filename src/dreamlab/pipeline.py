@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import tyro
 
-from dreamlab.checkpoint import config_from_dict, has_model, load_model
+from dreamlab.checkpoint import config_from_dict, has_model, load_model, read_config
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.sampling import FrameSampler
 from dreamlab.data.store import EpisodeStore
@@ -372,6 +372,7 @@ class Run:
     def __init__(self, path: str | Path, config: RunConfig) -> None:
         self.path = Path(path)
         self.config = config
+        self._action_space: Any = None
 
     @classmethod
     def open(cls, path: str | Path, preset: str | None = None) -> Run:
@@ -425,27 +426,35 @@ class Run:
             raise RunError(f"{self.path}: no latents yet; run `dreamlab encode` first")
         return EpisodeStore.open(self.path / "latents")
 
+    def _model_dir(self, name: str, what: str, command: str) -> Path:
+        """``RUN/name`` if it holds a checkpoint, else a clear error naming the stage to run."""
+        if not has_model(self.path / name):
+            raise RunError(f"{self.path}: no {what}; run `dreamlab {command}` first")
+        return self.path / name
+
     def vae(self) -> VAE:
-        if not has_model(self.path / "vae"):
-            raise RunError(f"{self.path}: no trained V; run `dreamlab train-vae` first")
-        return load_model(self.path / "vae")
+        return load_model(self._model_dir("vae", "trained V", "train-vae"))
+
+    def vae_config(self) -> VAEConfig:
+        """V's config without loading its weights."""
+        return read_config(self._model_dir("vae", "trained V", "train-vae"))[1]
 
     def mdnrnn(self) -> MDNRNN:
-        if not has_model(self.path / "mdnrnn"):
-            raise RunError(f"{self.path}: no trained M; run `dreamlab train-mdnrnn` first")
-        return load_model(self.path / "mdnrnn")
+        return load_model(self._model_dir("mdnrnn", "trained M", "train-mdnrnn"))
 
     def controller(self, name: str = "controller") -> Controller:
-        if not has_model(self.path / name):
-            raise RunError(f"{self.path}: no {name}; run `dreamlab train-controller` first")
-        return load_model(self.path / name)
+        return load_model(self._model_dir(name, name, "train-controller"))
 
     def action_space(self) -> Any:
-        env = make_env(self.config.env)
-        try:
-            return env.action_space
-        finally:
-            env.close()
+        """The env's action space; the env (a VizDoom or Box2D process for some presets) is
+        made once per ``Run``, not at every stage that needs the space."""
+        if self._action_space is None:
+            env = make_env(self.config.env)
+            try:
+                self._action_space = env.action_space
+            finally:
+                env.close()
+        return self._action_space
 
     def world_model(self, features: Literal["zh", "z"] = "zh") -> VMWorldModel:
         return VMWorldModel(
@@ -526,7 +535,7 @@ def stage_mdnrnn(run: Run) -> Any:
     """Train M on sub-sequences of ``latents/``."""
     cfg = run.config
     latents = run.latents()
-    vae_cfg = run.vae().config
+    vae_cfg = run.vae_config()  # M needs V's z size, not its weights
     space = run.action_space()
     action_dim = int(space.n) if hasattr(space, "n") else int(np.prod(space.shape))
     mcfg = dataclasses.replace(cfg.mdnrnn, z_dim=vae_cfg.z_dim, action_dim=action_dim)
