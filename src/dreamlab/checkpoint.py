@@ -31,6 +31,7 @@ from torch import nn
 
 from dreamlab import __version__
 from dreamlab.io import atomic_path, atomic_write_json, read_json
+from dreamlab.models.bc import BCConfig, BCNet
 from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
 from dreamlab.models.vae import VAE, VAEConfig
@@ -69,6 +70,7 @@ MODEL_KINDS: dict[str, ModelEntry] = {
     "vae": (VAEConfig, VAE),
     "mdnrnn": (MDNRNNConfig, MDNRNN),
     "controller": (ControllerConfig, Controller),
+    "bc": (BCConfig, BCNet),
 }
 """kind name -> (config dataclass, model class); extended by :func:`register_model`."""
 

@@ -260,6 +260,26 @@ class CatchEnv(gym.Env[np.ndarray, Any]):
             return None
         return self._frame.copy()
 
+    def place(self, paddle_x: float | None = None, ball_y: float | None = None) -> np.ndarray:
+        """Move the paddle and/or the ball in flight, for perturbed starts (``envs.shift``).
+
+        Args:
+            paddle_x: new left edge of the paddle in pixels, clipped to the field.
+            ball_y: new top row of the ball in flight, clipped between the HUD and one step above
+                the landing row (ignored while a ball rests on the paddle line).
+
+        Returns:
+            The new frame ``(S, S, 3) uint8`` (what the next observation would have shown).
+        """
+        c = self.config
+        if paddle_x is not None:
+            self._paddle_x = min(max(float(paddle_x), 0.0), self._paddle_span)
+        if ball_y is not None and not self._ball_landed:
+            top = max(float(HUD_HEIGHT), c.landing_y - c.ball_speed_y)
+            self._ball_y = min(max(float(ball_y), float(HUD_HEIGHT)), top)
+        self._frame = self._draw()
+        return self._frame.copy()
+
     def _action_to_velocity(self, action: Any) -> float:
         if self.config.discrete:
             index = int(np.asarray(action).reshape(()))
