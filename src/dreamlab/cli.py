@@ -11,6 +11,8 @@ from typing import Any
 
 import tyro
 
+from dreamlab.bc.commands import TrainBCArgs, train_bc_cmd
+from dreamlab.bc.compare import CompareArgs, run_compare
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.pipeline import (
     DreamArgs,
@@ -30,6 +32,14 @@ from dreamlab.pipeline import (
     train_controller,
     train_mdnrnn,
     train_vae,
+)
+from dreamlab.uncertainty import (
+    FuturesArgs,
+    TrainEnsembleArgs,
+    UncertaintyArgs,
+    futures,
+    measure_uncertainty,
+    train_ensemble_cmd,
 )
 
 
@@ -83,6 +93,11 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "report": (ReportArgs, report),
     "export-minari": (ExportMinariArgs, export_minari_cmd),
     "import-minari": (ImportMinariArgs, import_minari_cmd),
+    "train-bc": (TrainBCArgs, train_bc_cmd),
+    "compare": (CompareArgs, run_compare),
+    "futures": (FuturesArgs, futures),
+    "train-ensemble": (TrainEnsembleArgs, train_ensemble_cmd),
+    "uncertainty": (UncertaintyArgs, measure_uncertainty),
 }
 
 

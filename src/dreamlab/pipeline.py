@@ -566,16 +566,26 @@ def _controller_config(run: Run, world_model: VMWorldModel, inputs: Literal["zh"
 
 
 def stage_controller(
-    run: Run, inputs: Literal["zh", "z"] = "zh", evolve_cfg: EvolveConfig | None = None
+    run: Run,
+    inputs: Literal["zh", "z"] = "zh",
+    evolve_cfg: EvolveConfig | None = None,
+    *,
+    pessimism: float | None = None,
+    name: str | None = None,
 ) -> Any:
-    """Train C by CMA-ES (in the dream by default) into ``controller/`` (or ``controller_vonly/``)."""
+    """Train C by CMA-ES (in the dream by default) into ``controller/`` (or ``controller_vonly/``).
+
+    ``pessimism`` (lambda >= 0) trains in the dream of the run's ensemble of M with the reward
+    ``r - lambda * disagreement`` (docs/uncertainty.md); ``name`` picks another directory.
+    """
     from dreamlab.agent import WorldModelAgentFactory
     from dreamlab.train.evaluators import EnvRollout
+    from dreamlab.uncertainty import controller_world_model
 
     cfg = run.config
     ecfg = evolve_cfg or cfg.evolve
-    name = "controller" if inputs == "zh" else "controller_vonly"
-    world_model = run.world_model(inputs)
+    name = name or ("controller" if inputs == "zh" else "controller_vonly")
+    world_model = controller_world_model(run, inputs, pessimism)
     ccfg = _controller_config(run, world_model, inputs)
     torch.manual_seed(cfg.seed)
     controller = Controller(ccfg)
@@ -604,11 +614,16 @@ def stage_controller(
 
 
 def _agent(run: Run, which: str) -> Any:
-    """The policy called ``which``: random, expert, controller, controller_vonly."""
+    """The policy called ``which``: random, expert, controller, controller_vonly, bc, bc_latent."""
     from dreamlab.agent import WorldModelAgent
 
     if which in ("random", "expert"):
         return make_policy(which, run.action_space(), seed=run.config.seed)
+    if which in ("bc", "bc_latent"):
+        from dreamlab.bc.policy import BCPolicy
+
+        # bc_latent reads the V+M recorded in its bc.json (`dreamlab train-bc --inputs latent`)
+        return BCPolicy.load(run._model_dir(which, f"{which} policy", "train-bc"))
     features: Literal["zh", "z"] = "z" if which == "controller_vonly" else "zh"
     return WorldModelAgent(run.world_model(features), run.controller(which))
 
@@ -867,6 +882,11 @@ class TrainControllerArgs:
     """worker processes / Ray CPUs for real-env rollouts (0 = all)"""
     vonly: bool = False
     """train the V-only ablation (C reads z alone) into controller_vonly/"""
+    pessimism: float | None = None
+    """train in the dream of the run's ensemble (`dreamlab train-ensemble`) with reward
+    r - PESSIMISM * disagreement (0 = the ensemble's dream without a penalty)"""
+    name: str | None = None
+    """controller directory under the run (default controller/ or controller_vonly/)"""
 
 
 def train_controller(args: TrainControllerArgs) -> Any:
@@ -885,7 +905,9 @@ def train_controller(args: TrainControllerArgs) -> Any:
         backend=backend,
     )
     run.save_config()
-    return stage_controller(run, "z" if args.vonly else "zh")
+    return stage_controller(
+        run, "z" if args.vonly else "zh", pessimism=args.pessimism, name=args.name
+    )
 
 
 @dataclass
@@ -897,7 +919,7 @@ class EvaluateArgs:
     episodes: int = 100
     """episodes per agent"""
     agent: list[str] = field(default_factory=lambda: ["controller"])
-    """agents to score: controller, controller_vonly, random, expert"""
+    """agents to score: controller, controller_vonly, random, expert, bc, bc_latent"""
 
 
 def evaluate(args: EvaluateArgs) -> dict[str, Any]:

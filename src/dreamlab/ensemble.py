@@ -1,0 +1,331 @@
+"""An ensemble of M dynamics models as one :class:`~dreamlab.worldmodel.WorldModel`.
+
+One V and M MDN-RNNs trained on bootstrap resamples of the same episodes (see
+:mod:`dreamlab.train.ensemble`). Where the members agree the data pinned the dynamics down;
+where they disagree the model is guessing (epistemic uncertainty: too little or no data there).
+The MDN's own mixture spread is the *aleatoric* part (a ball's unknown new direction), which
+more data would not shrink; disagreement between the members' expected next z separates the two.
+
+Choices (documented in docs/uncertainty.md):
+
+- **Every member reads the same input** ``[z, a]`` each step (each keeps its own LSTM memory);
+  the next ``z`` (and the reward and termination) come from *one* member, drawn afresh per dream
+  per step (``member_sampling="per_step"``, PETS' TS-1): the dream is then never a single
+  member's world, so a controller cannot exploit one member's quirks for a whole episode.
+  ``"per_dream"`` keeps one member for the whole dream (PETS' TS-inf).
+- **Disagreement** of a step = variance across members of each member's expected next z
+  (mixture mean ``sum_k pi_k mu_k``), averaged over z dims (``disagreement="z"``); ``"reward"``
+  uses the variance of the members' predicted reward, ``"z+reward"`` the sum.
+- **Pessimism**: the reward returned is ``reward - pessimism * disagreement``, so the CMA-ES
+  dream evaluator and any planner get an uncertainty penalty without knowing about it.
+- **Features** are ``[z, h]`` of one designated member (``feature_member``, default 0). Built
+  from a run, member 0 is the run's own ``mdnrnn/``, so a controller trained in the ensemble
+  dream reads exactly what it reads in the real env through the single ``VMWorldModel``, and a
+  controller trained on the single model works in the ensemble dream unchanged.
+
+State keys: ``z (B, Z)``, ``h``/``c (B, H)`` (the feature member's memory, as in
+``VMWorldModel``), ``h_members``/``c_members (B, M, H)`` (every member's memory),
+``member (B,)`` int64 (the member that drew the last step), and ``disagreement``,
+``z_disagreement``, ``reward_disagreement (B,)`` of the step that produced the state (zero
+after a reset or ``observe``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from dreamlab.models import actions_to_tensor
+from dreamlab.models.mdnrnn import MDNRNN, MDNOutput
+from dreamlab.models.vae import VAE
+from dreamlab.worldmodel import ActionSpec, StartLatents, State
+
+__all__ = ["EnsembleWorldModel", "mixture_mean"]
+
+
+def mixture_mean(logit_pi: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Expected value of the MDN's mixture per latent dim.
+
+    Args:
+        logit_pi: ``(..., G, K)`` with ``G = Z`` (factorised) or 1 (shared weights).
+        mu: ``(..., Z, K)``.
+
+    Returns:
+        ``(..., Z)`` ``sum_k softmax(logit_pi)_k * mu_k``.
+    """
+    weights = F.softmax(logit_pi.float(), dim=-1)  # (..., G, K), broadcasts over Z when G = 1
+    return (weights * mu.float()).sum(-1)  # (..., Z)
+
+
+class EnsembleWorldModel:
+    """V + an ensemble of M MDN-RNNs as a :class:`~dreamlab.worldmodel.WorldModel`.
+
+    Args:
+        vae: V (shared by every member).
+        members: at least two MDN-RNNs with the same ``z_dim``, ``action_dim`` and
+            ``hidden_size`` (train them with :func:`dreamlab.train.ensemble.train_ensemble`).
+        action_space: the env's action space (gymnasium space or :class:`ActionSpec`).
+        pessimism: lambda >= 0; ``step`` returns ``reward - lambda * disagreement``.
+        disagreement: what the penalty measures: ``"z"`` (variance across members of the
+            expected next z, mean over dims), ``"reward"`` (variance of predicted rewards) or
+            ``"z+reward"``.
+        member_sampling: ``"per_step"`` (a random member draws each step of each dream, TS-1)
+            or ``"per_dream"`` (a dream keeps the member drawn at its start, TS-inf).
+        feature_member: whose memory ``h`` the controller reads.
+        features: ``"zh"`` (``[z, h]``) or ``"z"``.
+        termination: ``"threshold"`` (``sigmoid(logit) > 0.5``) or ``"sample"``.
+        observe_sample: ``observe`` samples z from V's posterior instead of using its mean.
+    """
+
+    def __init__(
+        self,
+        vae: VAE,
+        members: Sequence[MDNRNN],
+        action_space: ActionSpec | Any,
+        *,
+        pessimism: float = 0.0,
+        disagreement: Literal["z", "reward", "z+reward"] = "z",
+        member_sampling: Literal["per_step", "per_dream"] = "per_step",
+        feature_member: int = 0,
+        features: Literal["zh", "z"] = "zh",
+        termination: Literal["threshold", "sample"] = "threshold",
+        observe_sample: bool = False,
+    ) -> None:
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError(
+                f"EnsembleWorldModel: needs at least 2 members to measure disagreement, got "
+                f"{len(members)} (train them with `dreamlab train-ensemble`)"
+            )
+        spec = ActionSpec.from_space(action_space)
+        first = members[0].config
+        for i, m in enumerate(members):
+            c = m.config
+            shape = (c.z_dim, c.action_dim, c.hidden_size)
+            if shape != (first.z_dim, first.action_dim, first.hidden_size):
+                raise ValueError(
+                    f"EnsembleWorldModel: member {i} has (z_dim, action_dim, hidden_size) = "
+                    f"{shape}, member 0 has {(first.z_dim, first.action_dim, first.hidden_size)}"
+                )
+        if vae.config.z_dim != first.z_dim:
+            raise ValueError(
+                f"EnsembleWorldModel: VAE z_dim {vae.config.z_dim} != MDN-RNN z_dim {first.z_dim}"
+            )
+        if spec.n != first.action_dim:
+            raise ValueError(
+                f"EnsembleWorldModel: action space {spec.kind}({spec.n}) does not fit the "
+                f"MDN-RNNs' action_dim {first.action_dim}"
+            )
+        if not pessimism >= 0:
+            raise ValueError(f"EnsembleWorldModel: pessimism must be >= 0, got {pessimism}")
+        if disagreement not in ("z", "reward", "z+reward"):
+            raise ValueError(
+                "EnsembleWorldModel: disagreement must be 'z', 'reward' or 'z+reward', got "
+                f"{disagreement!r}"
+            )
+        if member_sampling not in ("per_step", "per_dream"):
+            raise ValueError(
+                "EnsembleWorldModel: member_sampling must be 'per_step' or 'per_dream', got "
+                f"{member_sampling!r}"
+            )
+        if not 0 <= feature_member < len(members):
+            raise ValueError(
+                f"EnsembleWorldModel: feature_member {feature_member} is not in [0, {len(members)})"
+            )
+        if features not in ("zh", "z"):
+            raise ValueError(f"EnsembleWorldModel: features must be 'zh' or 'z', got {features!r}")
+        if termination not in ("threshold", "sample"):
+            raise ValueError(
+                "EnsembleWorldModel: termination must be 'threshold' or 'sample', got "
+                f"{termination!r}"
+            )
+        self.vae = vae.eval()
+        self.members = [m.eval() for m in members]
+        self.action_spec = spec
+        self.pessimism = float(pessimism)
+        self.disagreement_kind = disagreement
+        self.member_sampling = member_sampling
+        self.feature_member = feature_member
+        self.feature_mode = features
+        self.termination = termination
+        self.observe_sample = observe_sample
+        self.num_members = len(members)
+        self.z_dim = first.z_dim
+        self.hidden_size = first.hidden_size
+        self.action_dim = first.action_dim
+        self.feature_dim = self.z_dim + (self.hidden_size if features == "zh" else 0)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the models (and every state tensor) live."""
+        return next(self.members[0].parameters()).device
+
+    def to(self, device: torch.device | str) -> EnsembleWorldModel:
+        """Move V and every member to ``device``; returns self."""
+        self.vae.to(device)
+        for m in self.members:
+            m.to(device)
+        return self
+
+    # ------------------------------------------------------------------ protocol
+    @torch.inference_mode()
+    def initial_state(self, batch_size: int) -> State:
+        """Zero latent and memory; member ``i % M`` for dream ``i`` (matters for per_dream)."""
+        dev = self.device
+        b, m, h = batch_size, self.num_members, self.hidden_size
+        return {
+            "z": torch.zeros(b, self.z_dim, device=dev),  # (B, Z)
+            "h": torch.zeros(b, h, device=dev),  # (B, H)
+            "c": torch.zeros(b, h, device=dev),  # (B, H)
+            "h_members": torch.zeros(b, m, h, device=dev),  # (B, M, H)
+            "c_members": torch.zeros(b, m, h, device=dev),  # (B, M, H)
+            "member": torch.arange(b, device=dev) % m,  # (B,)
+            "disagreement": torch.zeros(b, device=dev),  # (B,)
+            "z_disagreement": torch.zeros(b, device=dev),  # (B,)
+            "reward_disagreement": torch.zeros(b, device=dev),  # (B,)
+        }
+
+    @torch.inference_mode()
+    def observe(
+        self, state: State, frames: torch.Tensor, generator: torch.Generator | None = None
+    ) -> State:
+        """Set z from real frames ``(B, 3, H, W)`` in ``[0, 1]``; every member's memory is kept."""
+        mu, logvar = self.vae.encode(frames.to(self.device))  # (B, Z) each
+        z = mu
+        if self.observe_sample:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device)  # (B, Z)
+            z = mu + torch.exp(0.5 * logvar) * eps
+        return {**state, "z": z}
+
+    def encode_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Env actions (``(B,)`` int indices or ``(B, A)`` floats) -> float ``(B, A)``."""
+        action = action.to(self.device)
+        if self.action_spec.kind == "discrete" and not action.is_floating_point():
+            return actions_to_tensor(action.reshape(-1), "discrete", self.action_dim)  # (B, A)
+        return actions_to_tensor(action.float(), "continuous", self.action_dim)  # (B, A)
+
+    def predict_members(
+        self, state: State, action: torch.Tensor
+    ) -> tuple[list[MDNOutput], torch.Tensor, torch.Tensor]:
+        """Run every member one step on the same ``[z, a]``.
+
+        Returns:
+            ``(outputs, z_disagreement (B,), reward_disagreement (B,))``: one
+            :class:`~dreamlab.models.mdnrnn.MDNOutput` per member (no time axis), the variance
+            across members of the expected next z (mean over dims), and of the reward.
+        """
+        a = self.encode_action(action)  # (B, A)
+        h_all, c_all = state["h_members"], state["c_members"]  # (B, M, H) each
+        outs = [
+            m.step(state["z"], a, (h_all[:, i].unsqueeze(0), c_all[:, i].unsqueeze(0)))
+            for i, m in enumerate(self.members)
+        ]
+        means = torch.stack([mixture_mean(o.logit_pi, o.mu) for o in outs], dim=1)  # (B, M, Z)
+        rewards = torch.stack([o.reward.float() for o in outs], dim=1)  # (B, M)
+        z_dis = means.var(dim=1, unbiased=False).mean(-1)  # (B,)
+        r_dis = rewards.var(dim=1, unbiased=False)  # (B,)
+        return outs, z_dis, r_dis
+
+    def _combine(self, z_dis: torch.Tensor, r_dis: torch.Tensor) -> torch.Tensor:
+        if self.disagreement_kind == "z":
+            return z_dis
+        if self.disagreement_kind == "reward":
+            return r_dis
+        return z_dis + r_dis
+
+    @torch.inference_mode()
+    def step(
+        self,
+        state: State,
+        action: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[State, torch.Tensor, torch.Tensor]:
+        """Every member steps; one member per dream draws ``z'``, the reward and termination.
+
+        Returns:
+            ``(state', reward - pessimism * disagreement (B,), terminated (B,) bool)``; the
+            unpenalised reward is ``reward + pessimism * state'["disagreement"]``.
+        """
+        outs, z_dis, r_dis = self.predict_members(state, action)
+        b = z_dis.shape[0]
+        if self.member_sampling == "per_step":
+            member = torch.randint(
+                self.num_members, (b,), generator=generator, device=self.device
+            )  # (B,)
+        else:
+            member = state["member"]  # (B,)
+        rows = torch.arange(b, device=self.device)  # (B,)
+        logit_pi = torch.stack([o.logit_pi for o in outs], dim=1)[rows, member]  # (B, G, K)
+        mu = torch.stack([o.mu for o in outs], dim=1)[rows, member]  # (B, Z, K)
+        log_sigma = torch.stack([o.log_sigma for o in outs], dim=1)[rows, member]  # (B, Z, K)
+        reward = torch.stack([o.reward for o in outs], dim=1)[rows, member].float()  # (B,)
+        term_logit = torch.stack([o.termination_logit for o in outs], dim=1)[rows, member]
+        z_next = MDNRNN.sample(
+            logit_pi.float(), mu.float(), log_sigma.float(), temperature, generator
+        )  # (B, Z)
+        p_term = torch.sigmoid(term_logit.float())  # (B,)
+        if self.termination == "sample":
+            u = torch.rand(p_term.shape, generator=generator, device=p_term.device)  # (B,)
+            terminated = u < p_term
+        else:
+            terminated = p_term > 0.5
+        h_all = torch.stack([o.hidden[0][0].float() for o in outs], dim=1)  # (B, M, H)
+        c_all = torch.stack([o.hidden[1][0].float() for o in outs], dim=1)  # (B, M, H)
+        dis = self._combine(z_dis, r_dis)  # (B,)
+        new_state = {
+            "z": z_next,
+            "h": h_all[:, self.feature_member],
+            "c": c_all[:, self.feature_member],
+            "h_members": h_all,
+            "c_members": c_all,
+            "member": member,
+            "disagreement": dis,
+            "z_disagreement": z_dis,
+            "reward_disagreement": r_dis,
+        }
+        return new_state, reward - self.pessimism * dis, terminated
+
+    @torch.inference_mode()
+    def decode(self, state: State) -> torch.Tensor:
+        """Frames ``(B, 3, H, W)`` in ``[0, 1]`` decoded from z."""
+        return self.vae.decode(state["z"])
+
+    def features(self, state: State) -> torch.Tensor:
+        """``[z, h]`` ``(B, Z + H)`` with the feature member's ``h``, or ``z`` ``(B, Z)``."""
+        if self.feature_mode == "z":
+            return state["z"]
+        return torch.cat([state["z"], state["h"]], dim=-1)  # (B, Z+H)
+
+    @torch.inference_mode()
+    def start_state(self, start: StartLatents, generator: torch.Generator | None = None) -> State:
+        """Begin dreams at real first frames: ``z ~ N(mu, exp(logvar))``, zero memory.
+
+        For ``per_dream`` sampling each dream's member is drawn here.
+
+        Args:
+            start: ``{"mu": (B, Z), "logvar": (B, Z)}`` rows of a start bank.
+        """
+        if "mu" not in start or "logvar" not in start:
+            raise ValueError(
+                "EnsembleWorldModel.start_state: start latents need keys 'mu' and 'logvar', got "
+                f"{sorted(start)}"
+            )
+        mu = start["mu"].to(self.device, torch.float32)  # (B, Z)
+        logvar = start["logvar"].to(self.device, torch.float32)  # (B, Z)
+        if mu.shape[-1] != self.z_dim:
+            raise ValueError(
+                f"EnsembleWorldModel.start_state: latents have size {mu.shape[-1]}, the model's "
+                f"z_dim is {self.z_dim}"
+            )
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device)  # (B, Z)
+        state = self.initial_state(mu.shape[0])
+        state["z"] = mu + torch.exp(0.5 * logvar) * eps
+        if self.member_sampling == "per_dream":
+            state["member"] = torch.randint(
+                self.num_members, (mu.shape[0],), generator=generator, device=self.device
+            )
+        return state
