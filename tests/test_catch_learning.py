@@ -22,6 +22,7 @@ from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.dream import DreamVecEnv
 from dreamlab.models import frames_to_tensor
 from dreamlab.pipeline import PipelineConfig, Run, run_pipeline, stage_evaluate
+from dreamlab.plan.mpc import PlannerConfig
 from dreamlab.train.encode import encode_store
 from dreamlab.worldmodel import start_latents_from_store
 

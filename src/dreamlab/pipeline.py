@@ -43,6 +43,7 @@ from dreamlab.models import frames_to_tensor
 from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
 from dreamlab.models.vae import VAE, VAEConfig
+from dreamlab.plan.mpc import PlannerAgent, PlannerConfig
 from dreamlab.train.encode import encode_store
 from dreamlab.train.evolve import EvolveConfig, evolve, make_evaluator
 from dreamlab.train.fit import TrainConfig, fit, frame_batches, sequence_batches
@@ -624,21 +625,39 @@ def _agent(run: Run, which: str) -> Any:
 
         # bc_latent reads the V+M recorded in its bc.json (`dreamlab train-bc --inputs latent`)
         return BCPolicy.load(run._model_dir(which, f"{which} policy", "train-bc"))
+    if which == "planner":
+        from dreamlab.uncertainty import controller_world_model
+
+        return PlannerAgent(
+            controller_world_model(run, "zh", pessimism), run.action_space(), planner
+        )
     features: Literal["zh", "z"] = "z" if which == "controller_vonly" else "zh"
     return WorldModelAgent(run.world_model(features), run.controller(which))
 
 
 def evaluate_agent(
-    run: Run, which: str, episodes: int, *, video: bool = True, progress: bool = True
+    run: Run,
+    which: str,
+    episodes: int,
+    *,
+    video: bool = True,
+    progress: bool = True,
+    planner: PlannerConfig | None = None,
+    pessimism: float | None = None,
 ) -> dict[str, Any]:
-    """Score one agent in the real env; write ``eval_<which>_{best,worst}.mp4``."""
+    """Score one agent in the real env; write ``eval_<which>_{best,worst}.mp4``.
+
+    A planner's entry also records its settings and speed (``planning``: median ms per batched
+    call, decisions per second over the evaluation's lockstep batch).
+    """
     from dreamlab.eval.evaluate import evaluate_policy
     from dreamlab.viz import write_video
 
     cfg = run.config
+    policy = _agent(run, which, planner, pessimism)
     result = evaluate_policy(
         lambda: make_env(cfg.env),
-        _agent(run, which),
+        policy,
         episodes,
         env_name=cfg.env,
         seed=cfg.seed + 10_000,
@@ -646,6 +665,10 @@ def evaluate_agent(
         progress=progress,
     )
     summary = {"agent": which, **result.summary()}
+    if isinstance(policy, PlannerAgent):
+        summary["planner"] = policy.config.to_dict()
+        summary["pessimism"] = pessimism
+        summary["planning"] = policy.timing()
     if video and result.best_frames is not None and result.worst_frames is not None:
         write_video(run / f"eval_{which}_best.mp4", result.best_frames, fps=15)
         write_video(run / f"eval_{which}_worst.mp4", result.worst_frames, fps=15)
@@ -654,7 +677,13 @@ def evaluate_agent(
 
 
 def stage_evaluate(
-    run: Run, agents: list[str] | None = None, episodes: int | None = None, progress: bool = True
+    run: Run,
+    agents: list[str] | None = None,
+    episodes: int | None = None,
+    progress: bool = True,
+    *,
+    planner: PlannerConfig | None = None,
+    pessimism: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate every available agent in the real env; write ``eval.json``.
 
@@ -675,7 +704,9 @@ def stage_evaluate(
         previous = read_json(path, "eval") if path.exists() else {"agents": {}}
         scores = dict(previous.get("agents", {}))
         for which in agents:
-            scores[which] = evaluate_agent(run, which, n, progress=progress)
+            scores[which] = evaluate_agent(
+                run, which, n, progress=progress, planner=planner, pessimism=pessimism
+            )
         main = scores.get("controller") or next(iter(scores.values()))
         out = {k: v for k, v in main.items() if k not in ("agent", "videos")}
         out["agents"] = scores
@@ -919,14 +950,29 @@ class EvaluateArgs:
     episodes: int = 100
     """episodes per agent"""
     agent: list[str] = field(default_factory=lambda: ["controller"])
-    """agents to score: controller, controller_vonly, random, expert, bc, bc_latent"""
+    """agents to score: controller, controller_vonly, random, expert, bc, bc_latent, planner"""
+    planner: Annotated[PlannerConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=PlannerConfig
+    )
+    """settings of the planner agent (CEM/MPPI over imagined action sequences)"""
+    pessimism: float | None = None
+    """planner only: plan in the run's ensemble dream (`dreamlab train-ensemble`) with reward
+    r - PESSIMISM * disagreement"""
 
 
 def evaluate(args: EvaluateArgs) -> dict[str, Any]:
     run = Run.open(args.run)
-    out = stage_evaluate(run, agents=list(args.agent), episodes=args.episodes)
+    out = stage_evaluate(
+        run,
+        agents=list(args.agent),
+        episodes=args.episodes,
+        planner=args.planner,
+        pessimism=args.pessimism,
+    )
     for name, a in out["agents"].items():
         extra = f", catch rate {a['catch_rate']:.2f}" if "catch_rate" in a else ""
+        if "planning" in a and a["planning"].get("calls"):
+            extra += f", {a['planning']['decisions_per_s']:.1f} decisions/s"
         print(
             f"{name:>18}: return {a['mean_return']:.2f} ± {a['std_return']:.2f} over "
             f"{a['episodes']} episodes{extra}"
