@@ -26,7 +26,47 @@ from dreamlab.models.mdnrnn import MDNRNN
 from dreamlab.models.vae import VAE
 from dreamlab.worldmodel import ActionSpec, State, VMWorldModel, WorldModel, select_state
 
-__all__ = ["WorldModelAgent", "WorldModelAgentFactory", "action_spec_for"]
+__all__ = [
+    "WorldModelAgent",
+    "WorldModelAgentFactory",
+    "action_spec_for",
+    "frame_batch",
+    "reset_mask",
+]
+
+
+def frame_batch(obs: Any, who: str) -> tuple[np.ndarray, bool]:
+    """``obs`` as uint8 frames ``(N, H, W, 3)``, and whether it was one frame ``(H, W, 3)``.
+
+    Raises:
+        ValueError: naming ``who`` (e.g. ``"PlannerAgent.predict"``), for any other shape.
+    """
+    arr = np.asarray(obs)
+    single = arr.ndim == 3
+    if single:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(
+            f"{who}: obs must be uint8 (N, H, W, 3) or (H, W, 3), got shape {np.asarray(obs).shape}"
+        )
+    return arr, single
+
+
+def reset_mask(
+    state: State, episode_start: Any, num_envs: int, device: torch.device, who: str
+) -> torch.Tensor | None:
+    """The ``(N,)`` bool mask of envs whose memory must be reset, or ``None`` if there are none.
+
+    Raises:
+        ValueError: the state was made for another number of envs.
+    """
+    batch = next(iter(state.values())).shape[0]
+    if batch != num_envs:
+        raise ValueError(f"{who}: state holds {batch} envs but obs has {num_envs}")
+    if episode_start is None:
+        return None
+    mask = torch.as_tensor(np.asarray(episode_start, dtype=bool), device=device)
+    return mask if bool(mask.any()) else None
 
 
 def action_spec_for(config: ControllerConfig) -> ActionSpec:
@@ -90,31 +130,17 @@ class WorldModelAgent:
             Actions ``(N, A)`` float32 (Box) or ``(N,)`` int64 (Discrete) — without the batch
             axis for a single frame — and the new state (a dict of ``(N, ...)`` tensors).
         """
-        obs_arr = np.asarray(obs)
-        single = obs_arr.ndim == 3
-        if single:
-            obs_arr = obs_arr[None]
-        if obs_arr.ndim != 4 or obs_arr.shape[-1] != 3:
-            raise ValueError(
-                f"WorldModelAgent.predict: obs must be uint8 (N, H, W, 3) or (H, W, 3), got "
-                f"shape {np.asarray(obs).shape}"
-            )
+        obs_arr, single = frame_batch(obs, "WorldModelAgent.predict")
         num_envs = obs_arr.shape[0]
         frames = frames_to_tensor(obs_arr, device=self.world_model.device)  # (N, 3, H, W)
         if state is None:
             state = self.world_model.initial_state(num_envs)
         else:
-            batch = next(iter(state.values())).shape[0]
-            if batch != num_envs:
-                raise ValueError(
-                    f"WorldModelAgent.predict: state holds {batch} envs but obs has {num_envs}"
-                )
-            if episode_start is not None:
-                mask = torch.as_tensor(
-                    np.asarray(episode_start, dtype=bool), device=self.world_model.device
-                )
-                if bool(mask.any()):
-                    state = select_state(mask, self.world_model.initial_state(num_envs), state)
+            mask = reset_mask(
+                state, episode_start, num_envs, self.world_model.device, "WorldModelAgent.predict"
+            )
+            if mask is not None:
+                state = select_state(mask, self.world_model.initial_state(num_envs), state)
         state = self.world_model.observe(state, frames)
         features = self.world_model.features(state)  # (N, F)
         action = self.controller(features)  # (N, A) or (N,)

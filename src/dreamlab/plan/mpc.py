@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from dreamlab.agent import frame_batch, reset_mask
 from dreamlab.models import frames_to_tensor
 from dreamlab.worldmodel import ActionSpec, State, WorldModel, index_state, select_state
 
@@ -351,30 +352,18 @@ class PlannerAgent:
             and the new :class:`PlannerState`; memory and plans reset where ``episode_start``.
         """
         t0 = time.perf_counter()
-        obs_arr = np.asarray(obs)
-        single = obs_arr.ndim == 3
-        if single:
-            obs_arr = obs_arr[None]
-        if obs_arr.ndim != 4 or obs_arr.shape[-1] != 3:
-            raise ValueError(
-                f"PlannerAgent.predict: obs must be uint8 (N, H, W, 3) or (H, W, 3), got shape "
-                f"{np.asarray(obs).shape}"
-            )
+        obs_arr, single = frame_batch(obs, "PlannerAgent.predict")
         wm, planner = self.world_model, self.planner
         n = obs_arr.shape[0]
         if state is None:
             state = PlannerState(wm.initial_state(n), planner.initial_plan(n))
         else:
-            batch = next(iter(state.model.values())).shape[0]
-            if batch != n:
-                raise ValueError(f"PlannerAgent.predict: state holds {batch} envs but obs has {n}")
-            if episode_start is not None:
-                mask = torch.as_tensor(np.asarray(episode_start, dtype=bool), device=wm.device)
-                if bool(mask.any()):
-                    state = PlannerState(
-                        select_state(mask, wm.initial_state(n), state.model),
-                        select_state(mask, planner.initial_plan(n), state.plan),
-                    )
+            mask = reset_mask(state.model, episode_start, n, wm.device, "PlannerAgent.predict")
+            if mask is not None:
+                state = PlannerState(
+                    select_state(mask, wm.initial_state(n), state.model),
+                    select_state(mask, planner.initial_plan(n), state.plan),
+                )
         model = wm.observe(state.model, frames_to_tensor(obs_arr, device=wm.device))
         action, plan, _ = planner.plan(model, state.plan)
         model, _, _ = wm.step(model, action, planner.config.temperature, planner.generator)
