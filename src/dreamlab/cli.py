@@ -14,6 +14,7 @@ import tyro
 from dreamlab.bc.commands import TrainBCArgs, train_bc_cmd
 from dreamlab.bc.compare import CompareArgs, run_compare
 from dreamlab.data.collect import CollectConfig, collect
+from dreamlab.data.video_io import VideoImportConfig, import_command
 from dreamlab.pipeline import (
     DreamArgs,
     EncodeArgs,
@@ -33,6 +34,8 @@ from dreamlab.pipeline import (
     train_mdnrnn,
     train_vae,
 )
+from dreamlab.play.export import ExportVideoArgs, export_video
+from dreamlab.play.server import PlayArgs, play
 from dreamlab.uncertainty import (
     FuturesArgs,
     TrainEnsembleArgs,
@@ -93,6 +96,9 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "report": (ReportArgs, report),
     "export-minari": (ExportMinariArgs, export_minari_cmd),
     "import-minari": (ImportMinariArgs, import_minari_cmd),
+    "import": (VideoImportConfig, import_command),
+    "export-video": (ExportVideoArgs, export_video),
+    "play": (PlayArgs, play),
     "train-bc": (TrainBCArgs, train_bc_cmd),
     "compare": (CompareArgs, run_compare),
     "futures": (FuturesArgs, futures),
