@@ -31,9 +31,11 @@ from torch import nn
 
 from dreamlab import __version__
 from dreamlab.io import atomic_path, atomic_write_json, read_json
+from dreamlab.models.actor_critic import ActorCritic, ActorCriticConfig
 from dreamlab.models.bc import BCConfig, BCNet
 from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
+from dreamlab.models.rssm import RSSM, RSSMConfig
 from dreamlab.models.vae import VAE, VAEConfig
 
 __all__ = [
@@ -71,6 +73,8 @@ MODEL_KINDS: dict[str, ModelEntry] = {
     "mdnrnn": (MDNRNNConfig, MDNRNN),
     "controller": (ControllerConfig, Controller),
     "bc": (BCConfig, BCNet),
+    "rssm": (RSSMConfig, RSSM),
+    "actor_critic": (ActorCriticConfig, ActorCritic),
 }
 """kind name -> (config dataclass, model class); extended by :func:`register_model`."""
 

@@ -15,6 +15,8 @@ from dreamlab.bc.commands import TrainBCArgs, train_bc_cmd
 from dreamlab.bc.compare import CompareArgs, run_compare
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.video_io import VideoImportConfig, import_command
+from dreamlab.dreamer_pipeline import TrainDreamerArgs, train_dreamer_cmd
+from dreamlab.eval.compare_models import CompareModelsArgs, compare_models
 from dreamlab.pipeline import (
     DreamArgs,
     EncodeArgs,
@@ -104,6 +106,8 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "futures": (FuturesArgs, futures),
     "train-ensemble": (TrainEnsembleArgs, train_ensemble_cmd),
     "uncertainty": (UncertaintyArgs, measure_uncertainty),
+    "train-dreamer": (TrainDreamerArgs, train_dreamer_cmd),
+    "compare-models": (CompareModelsArgs, compare_models),
 }
 
 

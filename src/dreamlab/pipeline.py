@@ -751,17 +751,26 @@ class PipelineConfig:
     run: Path = Path("runs/demo")
     """run directory (created from --preset, or resumed)"""
     preset: str = "catch"
-    """pipeline preset: catch, catch-debug, carracing, carracing-small, doom-takecover, doom-takecover-small"""
+    """pipeline preset: catch, catch-debug, carracing, carracing-small, doom-takecover, doom-takecover-small; Dreamer: catch-dreamer, carracing-dreamer (docs/dreamer.md)"""
     until: Stage = "report"
     """stop after this stage"""
     progress: bool = True
     """show progress bars"""
 
 
-def run_pipeline(cfg: PipelineConfig) -> Run:
-    """collect -> V -> encode -> M -> C in the dream (+ V-only ablation) -> evaluate -> report."""
+def run_pipeline(cfg: PipelineConfig) -> Run | Path:
+    """collect -> V -> encode -> M -> C in the dream (+ V-only ablation) -> evaluate -> report.
+
+    Dreamer presets (``catch-dreamer``, ``carracing-dreamer``, see
+    :mod:`dreamlab.dreamer_pipeline`) and Dreamer run directories run the online Dreamer loop
+    instead; that returns the run directory's path.
+    """
+    from dreamlab.dreamer_pipeline import DREAMER_PRESETS, is_dreamer_run, run_dreamer_pipeline
     from dreamlab.eval.report import write_report
 
+    if cfg.preset in DREAMER_PRESETS or is_dreamer_run(cfg.run):
+        preset = cfg.preset if cfg.preset in DREAMER_PRESETS else None
+        return run_dreamer_pipeline(cfg.run, preset, cfg.progress)
     run = Run.open(cfg.run, cfg.preset)
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("collect", lambda: stage_collect(run, cfg.progress)),

@@ -1,0 +1,109 @@
+"""The Dreamer agent in the real environment: RSSM world model + actor, SB3-shaped ``predict``.
+
+Each call runs the protocol's loop for a batch of envs: ``observe`` the frame (posterior),
+read features ``[h, z]``, act with the actor (its mode when ``deterministic``, else a sample),
+then ``step`` the world model with the action taken so the next call's memory is ready.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamlab.checkpoint import load_model
+from dreamlab.models import frames_to_tensor
+from dreamlab.models.actor_critic import ActorCritic
+from dreamlab.models.rssm import RSSM
+from dreamlab.rssm_worldmodel import RSSMWorldModel
+from dreamlab.worldmodel import ActionSpec, State, select_state
+
+__all__ = ["DreamerAgent", "action_spec_of"]
+
+
+def action_spec_of(actor_critic: ActorCritic) -> ActionSpec:
+    """The env action space an actor acts in."""
+    c = actor_critic.config
+    if c.action_kind == "discrete":
+        return ActionSpec("discrete", c.action_dim)
+    return ActionSpec("continuous", c.action_dim, list(c.action_low), list(c.action_high))
+
+
+class DreamerAgent:
+    """Acts in real envs with an RSSM world model and a Dreamer actor.
+
+    Args:
+        world_model: the RSSM behind the ``WorldModel`` protocol.
+        actor_critic: the actor (and critic) trained in imagination.
+        seed: seeds the generator of sampled actions and posterior samples.
+    """
+
+    def __init__(self, world_model: RSSMWorldModel, actor_critic: ActorCritic, seed: int = 0):
+        if world_model.feature_dim != actor_critic.config.feature_dim:
+            raise ValueError(
+                f"DreamerAgent: world model features have size {world_model.feature_dim}, the "
+                f"actor reads {actor_critic.config.feature_dim}"
+            )
+        self.world_model = world_model
+        self.actor_critic = actor_critic.to(world_model.device)
+        self.discrete = actor_critic.config.action_kind == "discrete"
+        self.generator = torch.Generator(device=world_model.device).manual_seed(seed)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        obs: np.ndarray,
+        state: State | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, State]:
+        """Act on frames ``(N, H, W, 3)`` uint8 (or one ``(H, W, 3)``); returns ``(actions, state)``.
+
+        Actions are ``(N,)`` int64 (discrete) or ``(N, A)`` float32 (Box); memory is reset where
+        ``episode_start`` is true.
+        """
+        obs_arr = np.asarray(obs)
+        single = obs_arr.ndim == 3
+        if single:
+            obs_arr = obs_arr[None]
+        if obs_arr.ndim != 4 or obs_arr.shape[-1] != 3:
+            raise ValueError(
+                f"DreamerAgent.predict: obs must be uint8 (N, H, W, 3) or (H, W, 3), got shape "
+                f"{np.asarray(obs).shape}"
+            )
+        wm = self.world_model
+        num_envs = obs_arr.shape[0]
+        frames = frames_to_tensor(obs_arr, device=wm.device)  # (N, 3, H, W)
+        if state is None:
+            state = wm.initial_state(num_envs)
+        else:
+            batch = next(iter(state.values())).shape[0]
+            if batch != num_envs:
+                raise ValueError(
+                    f"DreamerAgent.predict: state holds {batch} envs but obs has {num_envs}"
+                )
+            if episode_start is not None:
+                mask = torch.as_tensor(np.asarray(episode_start, dtype=bool), device=wm.device)
+                if bool(mask.any()):
+                    state = select_state(mask, wm.initial_state(num_envs), state)
+        state = wm.observe(state, frames, generator=self.generator)
+        dist = self.actor_critic.policy(wm.features(state))
+        action = dist.mode() if deterministic else dist.sample(self.generator)
+        env_action = self.actor_critic.to_env(action)  # (N,) or (N, A)
+        state, _, _ = wm.step(state, env_action, generator=self.generator)
+        out = env_action.cpu().numpy()
+        out = out.astype(np.int64) if self.discrete else out.astype(np.float32)
+        return (out[0] if single else out), state
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, device: str = "cpu", seed: int = 0) -> DreamerAgent:
+        """Rebuild from ``run_dir/world_model`` and ``run_dir/actor_critic``."""
+        run = Path(run_dir)
+        rssm = load_model(run / "world_model", RSSM, device=device)
+        ac = load_model(run / "actor_critic", ActorCritic, device=device)
+        assert isinstance(rssm, RSSM) and isinstance(ac, ActorCritic)
+        return cls(RSSMWorldModel(rssm, action_spec_of(ac)), ac, seed=seed)
+
+    def __repr__(self) -> str:
+        return f"DreamerAgent({self.actor_critic.config.action_kind}, features={self.world_model.feature_dim})"
