@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dreamlab.agent import frame_batch, reset_mask
 from dreamlab.checkpoint import load_model
 from dreamlab.models import frames_to_tensor
 from dreamlab.models.actor_critic import ActorCritic
@@ -63,30 +64,16 @@ class DreamerAgent:
         Actions are ``(N,)`` int64 (discrete) or ``(N, A)`` float32 (Box); memory is reset where
         ``episode_start`` is true.
         """
-        obs_arr = np.asarray(obs)
-        single = obs_arr.ndim == 3
-        if single:
-            obs_arr = obs_arr[None]
-        if obs_arr.ndim != 4 or obs_arr.shape[-1] != 3:
-            raise ValueError(
-                f"DreamerAgent.predict: obs must be uint8 (N, H, W, 3) or (H, W, 3), got shape "
-                f"{np.asarray(obs).shape}"
-            )
+        obs_arr, single = frame_batch(obs, "DreamerAgent.predict")
         wm = self.world_model
         num_envs = obs_arr.shape[0]
         frames = frames_to_tensor(obs_arr, device=wm.device)  # (N, 3, H, W)
         if state is None:
             state = wm.initial_state(num_envs)
         else:
-            batch = next(iter(state.values())).shape[0]
-            if batch != num_envs:
-                raise ValueError(
-                    f"DreamerAgent.predict: state holds {batch} envs but obs has {num_envs}"
-                )
-            if episode_start is not None:
-                mask = torch.as_tensor(np.asarray(episode_start, dtype=bool), device=wm.device)
-                if bool(mask.any()):
-                    state = select_state(mask, wm.initial_state(num_envs), state)
+            mask = reset_mask(state, episode_start, num_envs, wm.device, "DreamerAgent.predict")
+            if mask is not None:
+                state = select_state(mask, wm.initial_state(num_envs), state)
         state = wm.observe(state, frames, generator=self.generator)
         dist = self.actor_critic.policy(wm.features(state))
         action = dist.mode() if deterministic else dist.sample(self.generator)
