@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+from dreamlab.checkpoint import load_model, save_model
 from dreamlab.models.controller import Controller, ControllerConfig
 
 
@@ -70,11 +75,18 @@ def test_flat_params_round_trip_and_layout() -> None:
         c.set_flat_params(np.zeros(5))
 
 
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "standardized"])
 @pytest.mark.parametrize("hidden_size", [0, 5])
 @pytest.mark.parametrize("mapping", ["carracing", "box", "discrete"])
-def test_population_form_equals_the_per_candidate_loop(mapping: str, hidden_size: int) -> None:
+def test_population_form_equals_the_per_candidate_loop(
+    mapping: str, hidden_size: int, normalize: bool
+) -> None:
     torch.manual_seed(0)
-    kwargs = {"action_low": [-1, 0, -3], "action_high": [1, 2, 3]} if mapping == "box" else {}
+    kwargs: dict[str, Any] = (
+        {"action_low": [-1, 0, -3], "action_high": [1, 2, 3]} if mapping == "box" else {}
+    )
+    if normalize:
+        kwargs |= {"input_mean": [0.5] * 7, "input_std": [0.1 * (i + 1) for i in range(7)]}
     cfg = ControllerConfig(
         feature_dim=7,
         action_dim=3,
@@ -97,7 +109,40 @@ def test_population_form_equals_the_per_candidate_loop(mapping: str, hidden_size
             torch.testing.assert_close(batched[p], c(features[p]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("hidden_size", [0, 6])
+def test_standardized_hidden_layer_controller_round_trips(tmp_path: Path, hidden_size: int) -> None:
+    mean, std = [0.0, 1.0, -2.0, 0.5], [1.0, 0.25, 4.0, 0.1]
+    cfg = ControllerConfig(
+        feature_dim=4,
+        action_dim=2,
+        mapping="box",
+        action_low=[-1.0, -1.0],
+        action_high=[1.0, 1.0],
+        hidden_size=hidden_size,
+        input_mean=mean,
+        input_std=std,
+    )
+    torch.manual_seed(1)
+    c = Controller(cfg)
+    assert c.num_params == (4 * 6 + 6 + 6 * 2 + 2 if hidden_size else 4 * 2 + 2)  # stats: no params
+    x = torch.randn(5, 4)
+    plain = Controller(dataclasses.replace(cfg, input_mean=[], input_std=[]))
+    plain.set_flat_params(c.get_flat_params())
+    expected = plain((x - torch.tensor(mean)) / torch.tensor(std))
+    torch.testing.assert_close(c(x), expected)
+    save_model(tmp_path, c, kind="controller")
+    loaded = load_model(tmp_path)
+    assert isinstance(loaded, Controller) and loaded.config == cfg
+    torch.testing.assert_close(loaded(x), c(x))
+
+
 def test_bad_configs_and_inputs_are_named() -> None:
+    with pytest.raises(ValueError, match="input_mean and input_std must be given together"):
+        ControllerConfig(feature_dim=2, action_dim=3, input_mean=[0.0, 0.0])
+    with pytest.raises(ValueError, match="feature_dim=2 values"):
+        ControllerConfig(feature_dim=2, action_dim=3, input_mean=[0.0], input_std=[1.0])
+    with pytest.raises(ValueError, match="input_std finite and > 0"):
+        ControllerConfig(feature_dim=2, action_dim=3, input_mean=[0.0, 0], input_std=[1.0, 0])
     with pytest.raises(ValueError, match="carracing.*action_dim=3"):
         ControllerConfig(feature_dim=4, action_dim=2, mapping="carracing")
     with pytest.raises(ValueError, match="finite"):

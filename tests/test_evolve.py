@@ -137,9 +137,10 @@ def test_evolve_runs_in_a_tiny_vm_dream(tmp_path: Path, discrete: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------- CMA-ES
-def test_cma_state_round_trip_asks_identical_candidates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("diagonal", [False, True], ids=["full", "separable"])
+def test_cma_state_round_trip_asks_identical_candidates(tmp_path: Path, diagonal: bool) -> None:
     dim = 30
-    es = _new_strategy(np.zeros(dim), 0.3, 10, seed=5)
+    es = _new_strategy(np.zeros(dim), 0.3, 10, seed=5, diagonal=diagonal)
 
     def f(x: np.ndarray) -> float:
         return float(np.sum((x - 1.0) ** 2) + np.sum(x[:3] ** 4))
@@ -161,7 +162,11 @@ def test_cma_state_round_trip_asks_identical_candidates(tmp_path: Path) -> None:
         es.tell(a, [f(x) for x in a])
         resumed.tell(b, [f(x) for x in b])
     assert resumed.sigma == es.sigma and resumed.countiter == es.countiter
-    np.testing.assert_array_equal(resumed.sm.C, es.sm.C)
+    assert type(resumed.sm) is type(es.sm)
+    if diagonal:
+        np.testing.assert_array_equal(resumed.sigma_vec.scaling, es.sigma_vec.scaling)
+    else:
+        np.testing.assert_array_equal(resumed.sm.C, es.sm.C)
 
 
 def test_cma_state_file_errors_are_named(tmp_path: Path) -> None:
@@ -246,6 +251,22 @@ def test_resume_with_a_different_population_is_refused(tmp_path: Path) -> None:
     evolve(Controller(TOY_CFG), toy_evaluator(), small_cfg(generations=1), tmp_path)
     with pytest.raises(ValueError, match="population 8.*population 10"):
         evolve(Controller(TOY_CFG), toy_evaluator(), small_cfg(population_size=10), tmp_path)
+
+
+def test_separable_cma_is_used_learns_and_is_kept_on_resume(tmp_path: Path) -> None:
+    cfg = small_cfg(generations=15, population_size=12, cma_diagonal=True, eval_every=5)
+    ev = toy_evaluator()
+    before = ev.evaluate(np.zeros((1, 3)), 64, seed=99).mean()
+    result = evolve(Controller(TOY_CFG), ev, cfg, tmp_path)
+    after = ev.evaluate(result.params[None], 64, seed=99).mean()
+    assert after > before + 2.0, (before, after)
+    es, _, _ = load_cma_state(tmp_path / "cma_state.safetensors")
+    # sep-CMA: a constant standard-normal sampler, the covariance is the diagonal sigma_vec
+    assert es.opts["CMA_diagonal"] is True
+    assert isinstance(es.sm, cma.sampler.GaussStandardConstant)
+    assert float(np.ptp(es.sigma_vec.scaling)) > 0.0  # the diagonal did adapt
+    with pytest.raises(ValueError, match="cma_diagonal=True.*cma_diagonal=False"):
+        evolve(Controller(TOY_CFG), ev, dataclasses.replace(cfg, cma_diagonal=False), tmp_path)
 
 
 def test_real_eval_and_bad_backends_are_reported(tmp_path: Path) -> None:

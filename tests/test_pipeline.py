@@ -59,6 +59,15 @@ def test_pipeline_writes_every_artifact(debug_run: Path) -> None:
     assert not list(debug_run.rglob("*.pt")) and not list(debug_run.rglob("*.pkl"))
 
 
+def test_controllers_read_standardized_features_measured_in_the_dream(debug_run: Path) -> None:
+    run = Run.open(debug_run)
+    assert run.config.controller_normalize and run.config.dream_starts == "all"  # from `catch`
+    for name, size in (("controller", run.world_model("zh").feature_dim), ("controller_vonly", 32)):
+        cfg = run.controller(name).config
+        assert cfg.normalizes_inputs and len(cfg.input_std) == cfg.feature_dim == size, name
+        assert min(cfg.input_std) > 0
+
+
 def test_pipeline_resumes_as_a_no_op(debug_run: Path) -> None:
     before = {
         p: p.stat().st_mtime_ns

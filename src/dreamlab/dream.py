@@ -333,3 +333,64 @@ class DreamEnv(gym.Env[np.ndarray, Any]):
     def close(self) -> None:
         """Release the dream state."""
         self._vec.close()
+
+
+@torch.inference_mode()
+def dream_feature_stats(
+    world_model: WorldModel,
+    start_latents: StartLatents,
+    action_space: gym.Space[Any],
+    *,
+    num_dreams: int = 256,
+    steps: int = 100,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation of the features C sees in random-action dreams.
+
+    Used to standardize C's inputs (``ControllerConfig.input_mean`` / ``input_std``): z and h
+    differ in scale by ~4x and across dimensions by ~10x, so without it no single CMA-ES step
+    size fits every weight. Dreams restart as they end (autoreset), so every step counts.
+
+    Args:
+        world_model: the dream's world model.
+        start_latents: the start bank the controller will train from.
+        action_space: the real env's action space (random actions are drawn from it).
+        num_dreams: parallel dreams.
+        steps: steps per dream.
+        temperature: MDN sampling temperature.
+        seed: seeds the dreams and the random actions.
+
+    Returns:
+        ``(mean (F,), std (F,))`` float32 CPU tensors; std is clamped to >= 1e-3 so constant
+        features do not blow up.
+    """
+    if num_dreams <= 0 or steps <= 0:
+        raise ValueError(
+            f"dream_feature_stats: num_dreams and steps must be > 0, got {num_dreams}, {steps}"
+        )
+    env = DreamVecEnv(
+        world_model,
+        start_latents,
+        action_space,
+        num_dreams,
+        temperature=temperature,
+        max_episode_steps=steps,
+    )
+    space = batch_space(action_space, num_dreams)
+    space.seed(seed)
+    obs = env.reset_tensor(seed=seed).float()  # (N, F)
+    total = torch.zeros(obs.shape[1], dtype=torch.float64)  # (F,)
+    total_sq = torch.zeros(obs.shape[1], dtype=torch.float64)  # (F,)
+    for _ in range(steps):
+        rows = obs.double().cpu()  # (N, F)
+        total += rows.sum(0)
+        total_sq += (rows**2).sum(0)
+        action = torch.as_tensor(np.asarray(space.sample()))  # (N, A) float32 or (N,) int64
+        obs, *_ = env.step_tensor(action)
+        obs = obs.float()
+    env.close()
+    count = num_dreams * steps
+    mean = total / count  # (F,)
+    var = (total_sq / count - mean**2).clamp(min=0.0)  # (F,)
+    return mean.float(), var.sqrt().clamp(min=1e-3).float()

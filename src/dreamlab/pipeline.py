@@ -35,7 +35,7 @@ from dreamlab.checkpoint import config_from_dict, has_model, load_model, read_co
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.sampling import FrameSampler
 from dreamlab.data.store import EpisodeStore
-from dreamlab.dream import frames_to_uint8
+from dreamlab.dream import dream_feature_stats, frames_to_uint8
 from dreamlab.envs import make_env
 from dreamlab.envs.policies import make_policy
 from dreamlab.io import atomic_write_json, read_json
@@ -108,6 +108,13 @@ class RunConfig:
     """0 = the paper's linear C; >0 = one hidden layer (the paper's ablation)"""
     controller_mapping: Literal["auto", "carracing"] = "auto"
     """how C's tanh outputs map to actions ('carracing': steer, gas, brake)"""
+    controller_normalize: bool = False
+    """standardize C's inputs by the feature mean/std of random-action dreams (measured before
+    CMA-ES, stored in C's config), so one step size fits z and h alike"""
+    dream_starts: Literal["first", "all"] = "first"
+    """where C's training dreams begin: real episodes' first frames (the paper), or any real
+    frame (M's memory starts at zero); 'all' with short dreams (evolve.max_episode_steps) makes
+    every dream a few steps of imagination from a real situation"""
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
     """CMA-ES settings (backend 'dream' trains C inside the dream)"""
     dream_termination: Literal["threshold", "sample"] = "threshold"
@@ -161,17 +168,21 @@ def _catch() -> RunConfig:
             epochs=100, batch_size=32, lr=1e-3, log_every=25, checkpoint_every=500
         ),
         seq_len=32,
+        # C trains in 40-step dreams begun at any real frame, on standardized [z, h]: from whole
+        # 200-step dreams and raw features it caught 0.61 in reality (BENCHMARKS.md, issue 4)
+        controller_normalize=True,
+        dream_starts="all",
         evolve=EvolveConfig(
-            generations=60,
+            generations=300,
             population_size=32,
-            rollouts_per_candidate=8,
-            sigma0=0.1,
-            eval_every=20,
+            rollouts_per_candidate=16,
+            sigma0=0.5,
+            eval_every=50,
             eval_rollouts=256,
             # a harder dream than reality, so C cannot exploit M's errors (the paper's Doom: 1.15)
             temperature=1.2,
-            max_episode_steps=200,
-            real_eval_every=20,
+            max_episode_steps=40,
+            real_eval_every=50,
             real_eval_episodes=16,
         ),
         eval_episodes=100,
@@ -585,16 +596,30 @@ def stage_controller(
 
     cfg = run.config
     ecfg = evolve_cfg or cfg.evolve
+    if cfg.dream_starts not in ("first", "all"):
+        raise RunError(f"dream_starts must be 'first' or 'all', got {cfg.dream_starts!r}")
     name = name or ("controller" if inputs == "zh" else "controller_vonly")
     world_model = controller_world_model(run, inputs, pessimism)
     ccfg = _controller_config(run, world_model, inputs)
+    start = start_latents_from_store(run.latents(), frames=cfg.dream_starts)
+    if cfg.controller_normalize:
+        saved = read_config(run / name)[1] if has_model(run / name) else None
+        if saved is not None and saved.normalizes_inputs and saved.feature_dim == ccfg.feature_dim:
+            # resuming: keep the statistics the saved CMA-ES state was searched under
+            mean_list, std_list = saved.input_mean, saved.input_std
+        else:
+            mean, std = dream_feature_stats(
+                world_model, start, run.action_space(), temperature=ecfg.temperature, seed=cfg.seed
+            )
+            mean_list, std_list = mean.tolist(), std.tolist()
+        ccfg = dataclasses.replace(ccfg, input_mean=mean_list, input_std=std_list)
     torch.manual_seed(cfg.seed)
     controller = Controller(ccfg)
-    start = start_latents_from_store(run.latents(), frames="first")
     rollout = EnvRollout(
         cfg.env,
         WorldModelAgentFactory(run / "vae", run / "mdnrnn", ccfg),
-        max_episode_steps=ecfg.max_episode_steps,
+        # the real check plays whole episodes even when training dreams are short
+        max_episode_steps=ecfg.max_episode_steps if ecfg.backend != "dream" else None,
     )
     backend = make_evaluator(
         ecfg, controller, world_model=world_model, start_latents=start, rollout=rollout
@@ -614,8 +639,14 @@ def stage_controller(
             real.close()
 
 
-def _agent(run: Run, which: str) -> Any:
-    """The policy called ``which``: random, expert, controller, controller_vonly, bc, bc_latent."""
+def _agent(
+    run: Run,
+    which: str,
+    planner: PlannerConfig | None = None,
+    pessimism: float | None = None,
+) -> Any:
+    """The policy called ``which``: random, expert, controller, controller_vonly, bc, bc_latent,
+    or planner (CEM/MPPI in the run's dream; in the ensemble's with ``pessimism``)."""
     from dreamlab.agent import WorldModelAgent
 
     if which in ("random", "expert"):

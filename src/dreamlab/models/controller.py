@@ -44,6 +44,11 @@ class ControllerConfig:
     """0 = the paper's single linear layer; >0 adds one tanh hidden layer of this size"""
     inputs: Literal["zh", "z"] = "zh"
     """which world-model features C reads: 'zh' = [z, h] (full V+M), 'z' = V-only ablation"""
+    input_mean: list[float] = field(default_factory=list)
+    """per-feature offset subtracted before C's first layer (empty = none); with input_std, C
+    sees standardized features, so one CMA-ES step size fits every weight"""
+    input_std: list[float] = field(default_factory=list)
+    """per-feature scale (> 0) features are divided by after input_mean (empty = none)"""
 
     def __post_init__(self) -> None:
         if self.feature_dim <= 0 or self.action_dim <= 0:
@@ -60,6 +65,23 @@ class ControllerConfig:
             )
         if self.inputs not in ("zh", "z"):
             raise ValueError(f"ControllerConfig.inputs must be 'zh' or 'z', got {self.inputs!r}")
+        if bool(self.input_mean) != bool(self.input_std):
+            raise ValueError(
+                "ControllerConfig: input_mean and input_std must be given together, got "
+                f"{len(self.input_mean)} and {len(self.input_std)} values"
+            )
+        if self.input_mean:
+            if len(self.input_mean) != self.feature_dim or len(self.input_std) != self.feature_dim:
+                raise ValueError(
+                    f"ControllerConfig: input_mean/input_std need feature_dim={self.feature_dim} "
+                    f"values each, got {len(self.input_mean)} and {len(self.input_std)}"
+                )
+            if not all(math.isfinite(v) for v in self.input_mean) or not all(
+                math.isfinite(v) and v > 0 for v in self.input_std
+            ):
+                raise ValueError(
+                    "ControllerConfig: input_mean must be finite and input_std finite and > 0"
+                )
         if self.mapping == "carracing" and self.action_dim != 3:
             raise ValueError(
                 f"ControllerConfig: mapping='carracing' needs action_dim=3 (steer, gas, brake), "
@@ -126,6 +148,11 @@ class ControllerConfig:
         """JSON-ready dict of every field."""
         return asdict(self)
 
+    @property
+    def normalizes_inputs(self) -> bool:
+        """Whether C standardizes its features with ``input_mean`` / ``input_std``."""
+        return bool(self.input_mean)
+
 
 class Controller(nn.Module):
     """C: features ``(B, F)`` -> action, linear (paper) or with one tanh hidden layer.
@@ -144,6 +171,11 @@ class Controller(nn.Module):
         else:
             self.hidden = None
             self.out = nn.Linear(config.feature_dim, out)
+        if config.normalizes_inputs:
+            # Buffers, not parameters: CMA-ES searches the weights only; the values live in the
+            # config, so a checkpoint's config.json alone rebuilds them.
+            self.register_buffer("input_mean", torch.tensor(config.input_mean, dtype=torch.float32))
+            self.register_buffer("input_std", torch.tensor(config.input_std, dtype=torch.float32))
         if config.mapping == "box":
             self.register_buffer("action_low", torch.tensor(config.action_low, dtype=torch.float32))
             self.register_buffer(
@@ -154,7 +186,7 @@ class Controller(nn.Module):
     def raw(self, features: torch.Tensor) -> torch.Tensor:
         """Pre-mapping outputs ``(B, A)`` (logits for discrete) of features ``(B, F)``."""
         self._check_features(features)
-        x = features
+        x = self.normalize(features)  # (B, F)
         if self.hidden is not None:
             x = torch.tanh(self.hidden(x))  # (B, H_c)
         return self.out(x)  # (B, A)
@@ -179,6 +211,14 @@ class Controller(nn.Module):
         low = cast(torch.Tensor, self.action_low).to(t.dtype)  # (A,)
         high = cast(torch.Tensor, self.action_high).to(t.dtype)  # (A,)
         return low + (t + 1.0) * 0.5 * (high - low)  # (..., A)
+
+    def normalize(self, features: torch.Tensor) -> torch.Tensor:
+        """Standardized features ``(..., F)`` (unchanged without ``input_mean``/``input_std``)."""
+        if not self.config.normalizes_inputs:
+            return features
+        mean = cast(torch.Tensor, self.input_mean).to(features.dtype)  # (F,)
+        std = cast(torch.Tensor, self.input_std).to(features.dtype)  # (F,)
+        return (features - mean) / std
 
     def _check_features(self, features: torch.Tensor) -> None:
         if features.shape[-1] != self.config.feature_dim:
@@ -241,7 +281,7 @@ class Controller(nn.Module):
             offset += n
             return chunk
 
-        x = features  # (P, R, F)
+        x = self.normalize(features)  # (P, R, F)
         if cfg.hidden_size > 0:
             w1 = take(cfg.hidden_size, cfg.feature_dim)  # (P, H_c, F)
             b1 = take(cfg.hidden_size)  # (P, H_c)

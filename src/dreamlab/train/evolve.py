@@ -78,6 +78,10 @@ class EvolveConfig:
     """episodes per candidate; fitness = their mean return (the paper: 16)"""
     sigma0: float = 0.1
     """initial CMA-ES step size"""
+    cma_diagonal: bool = False
+    """separable CMA-ES: learn a diagonal covariance only (linear time and memory in the number
+    of weights D, and much faster per-weight step-size learning); for a hidden-layer C with
+    thousands of weights, where full covariance learns too slowly to matter"""
     eval_every: int = 25
     """every N generations score the mean on eval_rollouts episodes (0 = never)"""
     eval_rollouts: int = 1024
@@ -194,11 +198,12 @@ def _jsonable_number(v: Any) -> Any:
 
 
 def _new_strategy(
-    x0: np.ndarray, sigma0: float, population_size: int, seed: int
+    x0: np.ndarray, sigma0: float, population_size: int, seed: int, *, diagonal: bool = False
 ) -> cma.CMAEvolutionStrategy:
     randn = SeededRandn(seed)
     opts = {
         "popsize": population_size,
+        "CMA_diagonal": bool(diagonal),
         "randn": randn,
         "seed": math.nan,  # the sampler is ours; keep cma away from numpy's global seed
         "verbose": -9,
@@ -207,6 +212,11 @@ def _new_strategy(
         "verb_filenameprefix": "",
     }
     return cma.CMAEvolutionStrategy(x0, sigma0, opts)
+
+
+def _is_diagonal(es: cma.CMAEvolutionStrategy) -> bool:
+    """Whether ``es`` is separable CMA-ES (diagonal covariance for its whole run)."""
+    return es.opts["CMA_diagonal"] is True
 
 
 def _strategy_randn(es: cma.CMAEvolutionStrategy) -> SeededRandn:
@@ -256,6 +266,11 @@ def save_cma_state(
                     arrays[f"cma.{key}#{i}"] = np.ascontiguousarray(x)
             elif type(value) is list and all(_is_number(x) for x in value):
                 scalars[key] = {"list": [_jsonable_number(x) for x in value]}
+            elif type(value) is dict and all(
+                isinstance(k, str) and _is_number(x) for k, x in value.items()
+            ):
+                # e.g. the separable sampler's cached learning rates (sm._parameters)
+                scalars[key] = {"dict": {k: _jsonable_number(x) for k, x in value.items()}}
     for name, value in (extra_arrays or {}).items():
         arrays[f"extra.{name}"] = np.ascontiguousarray(value)
     header = {
@@ -264,6 +279,7 @@ def save_cma_state(
         "fortran": fortran,
         "rng": _strategy_randn(es).rng.bit_generator.state,
         "popsize": int(es.popsize),
+        "diagonal": _is_diagonal(es),
         "dim": int(es.N),
         "extra": extra_meta or {},
     }
@@ -303,7 +319,13 @@ def load_cma_state(
             stacklevel=2,
         )
     x0 = arrays["cma.x0"]
-    es = _new_strategy(x0, float(scalars.get("sigma0", 1.0)), int(header["popsize"]), 0)
+    es = _new_strategy(
+        x0,
+        float(scalars.get("sigma0", 1.0)),
+        int(header["popsize"]),
+        0,
+        diagonal=bool(header.get("diagonal", False)),
+    )
     fortran = set(header.get("fortran", []))
     for full_key, value in arrays.items():
         if not full_key.startswith("cma.") or "#" in full_key:
@@ -325,6 +347,8 @@ def load_cma_state(
             setattr(target, name, [arrays[f"cma.{key}#{i}"].copy() for i in range(value["arrays"])])
         elif isinstance(value, dict) and "list" in value:
             setattr(target, name, list(value["list"]))
+        elif isinstance(value, dict) and "dict" in value:
+            setattr(target, name, dict(value["dict"]))
         else:
             setattr(target, name, value)
     if es.countiter > 0 and not hasattr(es, "timer"):
@@ -394,6 +418,11 @@ def evolve(
                 f"run needs dimension {dim} and population {cfg.population_size}; use a new "
                 "directory or matching settings"
             )
+        if _is_diagonal(es) != cfg.cma_diagonal:
+            raise ValueError(
+                f"{state_path}: checkpoint was made with cma_diagonal={_is_diagonal(es)}, this run "
+                f"has cma_diagonal={cfg.cma_diagonal}; use a new directory or matching settings"
+            )
         start_gen = int(meta["generation"])
         best_params = extra["best_params"]
         selected = extra["selected_params"]
@@ -405,7 +434,7 @@ def evolve(
             x0 = controller.get_flat_params().double().numpy()
         else:
             x0 = np.zeros(dim)
-        es = _new_strategy(x0, cfg.sigma0, cfg.population_size, cfg.seed)
+        es = _new_strategy(x0, cfg.sigma0, cfg.population_size, cfg.seed, diagonal=cfg.cma_diagonal)
         start_gen = 0
         best_params = x0.copy()
         selected = x0.copy()
