@@ -147,6 +147,27 @@ def test_dream_env_and_planner_run_on_an_rssm(store: EpisodeStore) -> None:
     assert result.episodes == 2 and all(n == 15 for n in result.lengths)
 
 
+def test_many_futures_sample_from_an_rssm(store: EpisodeStore) -> None:
+    """Uncertainty sampling (K futures of one action sequence) takes an RSSM unchanged."""
+    from dreamlab.eval.futures import sample_futures
+
+    torch.manual_seed(0)
+    space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    wm = RSSMWorldModel(RSSM(TINY), space)
+    ep = store.episode(store.indices[0])
+    res = sample_futures(
+        wm,
+        ep["obs"][:2],
+        ep["action"][1:9],
+        num_samples=6,
+        seed=0,
+        context_actions=ep["action"][:1],
+    )
+    assert res.frames.shape == (6, 9, 32, 32, 3) and res.reward.shape == (6, 8)
+    # the stochastic latent is sampled: the K futures differ
+    assert float(res.frames.astype(np.float32).std(axis=0).mean()) > 0
+
+
 def _ball_rows_cols(frames: torch.Tensor) -> torch.Tensor:
     """Centre (row, col) of the yellow ball ``(N, 2)``: pixels with high R and G, low B."""
     r, g, b = frames[:, 0], frames[:, 1], frames[:, 2]
