@@ -38,7 +38,7 @@ __all__ = ["Planner", "PlannerAgent", "PlannerConfig", "PlannerState"]
 @dataclass
 class PlannerConfig:
     """How the planner searches. The defaults catch 0.95 of balls in Catch with a V+M trained on
-    random data, at over 20 decisions/s on 2 CPU cores (BENCHMARKS.md)."""
+    random data, at 26 decisions/s on 2 CPU cores with M under bfloat16 (BENCHMARKS.md)."""
 
     method: Literal["cem", "mppi"] = "cem"
     """'cem' (refit to the elites) or 'mppi' (return-weighted average of every candidate)"""
