@@ -35,6 +35,7 @@ bench: setup
 	$(PY) benchmarks/bench_store.py
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_dream.py
+	$(PY) benchmarks/bench_plan.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
