@@ -38,10 +38,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from dreamlab.models import actions_to_tensor
 from dreamlab.models.mdnrnn import MDNRNN, MDNOutput
 from dreamlab.models.vae import VAE
-from dreamlab.worldmodel import ActionSpec, StartLatents, State
+from dreamlab.worldmodel import ActionSpec, StartLatents, State, VMWorldModel
 
 __all__ = ["EnsembleWorldModel", "mixture_mean"]
 
@@ -60,8 +59,11 @@ def mixture_mean(logit_pi: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     return (weights * mu.float()).sum(-1)  # (..., Z)
 
 
-class EnsembleWorldModel:
+class EnsembleWorldModel(VMWorldModel):
     """V + an ensemble of M MDN-RNNs as a :class:`~dreamlab.worldmodel.WorldModel`.
+
+    A :class:`~dreamlab.worldmodel.VMWorldModel` whose M is the feature member: ``observe``,
+    ``decode``, ``features`` and the start banks are V+M's; ``step`` runs every member.
 
     Args:
         vae: V (shared by every member).
@@ -110,15 +112,6 @@ class EnsembleWorldModel:
                     f"EnsembleWorldModel: member {i} has (z_dim, action_dim, hidden_size) = "
                     f"{shape}, member 0 has {(first.z_dim, first.action_dim, first.hidden_size)}"
                 )
-        if vae.config.z_dim != first.z_dim:
-            raise ValueError(
-                f"EnsembleWorldModel: VAE z_dim {vae.config.z_dim} != MDN-RNN z_dim {first.z_dim}"
-            )
-        if spec.n != first.action_dim:
-            raise ValueError(
-                f"EnsembleWorldModel: action space {spec.kind}({spec.n}) does not fit the "
-                f"MDN-RNNs' action_dim {first.action_dim}"
-            )
         if not pessimism >= 0:
             raise ValueError(f"EnsembleWorldModel: pessimism must be >= 0, got {pessimism}")
         if disagreement not in ("z", "reward", "z+reward"):
@@ -135,37 +128,24 @@ class EnsembleWorldModel:
             raise ValueError(
                 f"EnsembleWorldModel: feature_member {feature_member} is not in [0, {len(members)})"
             )
-        if features not in ("zh", "z"):
-            raise ValueError(f"EnsembleWorldModel: features must be 'zh' or 'z', got {features!r}")
-        if termination not in ("threshold", "sample"):
-            raise ValueError(
-                "EnsembleWorldModel: termination must be 'threshold' or 'sample', got "
-                f"{termination!r}"
-            )
-        self.vae = vae.eval()
+        super().__init__(
+            vae,
+            members[feature_member],
+            spec,
+            features=features,
+            termination=termination,
+            observe_sample=observe_sample,
+        )
         self.members = [m.eval() for m in members]
-        self.action_spec = spec
         self.pessimism = float(pessimism)
         self.disagreement_kind = disagreement
         self.member_sampling = member_sampling
         self.feature_member = feature_member
-        self.feature_mode = features
-        self.termination = termination
-        self.observe_sample = observe_sample
         self.num_members = len(members)
-        self.z_dim = first.z_dim
-        self.hidden_size = first.hidden_size
-        self.action_dim = first.action_dim
-        self.feature_dim = self.z_dim + (self.hidden_size if features == "zh" else 0)
-
-    @property
-    def device(self) -> torch.device:
-        """Where the models (and every state tensor) live."""
-        return next(self.members[0].parameters()).device
 
     def to(self, device: torch.device | str) -> EnsembleWorldModel:
         """Move V and every member to ``device``; returns self."""
-        self.vae.to(device)
+        super().to(device)
         for m in self.members:
             m.to(device)
         return self
@@ -187,25 +167,6 @@ class EnsembleWorldModel:
             "z_disagreement": torch.zeros(b, device=dev),  # (B,)
             "reward_disagreement": torch.zeros(b, device=dev),  # (B,)
         }
-
-    @torch.inference_mode()
-    def observe(
-        self, state: State, frames: torch.Tensor, generator: torch.Generator | None = None
-    ) -> State:
-        """Set z from real frames ``(B, 3, H, W)`` in ``[0, 1]``; every member's memory is kept."""
-        mu, logvar = self.vae.encode(frames.to(self.device))  # (B, Z) each
-        z = mu
-        if self.observe_sample:
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device)  # (B, Z)
-            z = mu + torch.exp(0.5 * logvar) * eps
-        return {**state, "z": z}
-
-    def encode_action(self, action: torch.Tensor) -> torch.Tensor:
-        """Env actions (``(B,)`` int indices or ``(B, A)`` floats) -> float ``(B, A)``."""
-        action = action.to(self.device)
-        if self.action_spec.kind == "discrete" and not action.is_floating_point():
-            return actions_to_tensor(action.reshape(-1), "discrete", self.action_dim)  # (B, A)
-        return actions_to_tensor(action.float(), "continuous", self.action_dim)  # (B, A)
 
     def predict_members(
         self, state: State, action: torch.Tensor
@@ -267,12 +228,7 @@ class EnsembleWorldModel:
         z_next = MDNRNN.sample(
             logit_pi.float(), mu.float(), log_sigma.float(), temperature, generator
         )  # (B, Z)
-        p_term = torch.sigmoid(term_logit.float())  # (B,)
-        if self.termination == "sample":
-            u = torch.rand(p_term.shape, generator=generator, device=p_term.device)  # (B,)
-            terminated = u < p_term
-        else:
-            terminated = p_term > 0.5
+        terminated = self.terminated(term_logit, generator)  # (B,)
         h_all = torch.stack([o.hidden[0][0].float() for o in outs], dim=1)  # (B, M, H)
         c_all = torch.stack([o.hidden[1][0].float() for o in outs], dim=1)  # (B, M, H)
         dis = self._combine(z_dis, r_dis)  # (B,)
@@ -290,42 +246,17 @@ class EnsembleWorldModel:
         return new_state, reward - self.pessimism * dis, terminated
 
     @torch.inference_mode()
-    def decode(self, state: State) -> torch.Tensor:
-        """Frames ``(B, 3, H, W)`` in ``[0, 1]`` decoded from z."""
-        return self.vae.decode(state["z"])
-
-    def features(self, state: State) -> torch.Tensor:
-        """``[z, h]`` ``(B, Z + H)`` with the feature member's ``h``, or ``z`` ``(B, Z)``."""
-        if self.feature_mode == "z":
-            return state["z"]
-        return torch.cat([state["z"], state["h"]], dim=-1)  # (B, Z+H)
-
-    @torch.inference_mode()
     def start_state(self, start: StartLatents, generator: torch.Generator | None = None) -> State:
-        """Begin dreams at real first frames: ``z ~ N(mu, exp(logvar))``, zero memory.
-
-        For ``per_dream`` sampling each dream's member is drawn here.
+        """Begin dreams at real first frames like V+M; for ``per_dream`` sampling each dream's
+        member is drawn here.
 
         Args:
             start: ``{"mu": (B, Z), "logvar": (B, Z)}`` rows of a start bank.
         """
-        if "mu" not in start or "logvar" not in start:
-            raise ValueError(
-                "EnsembleWorldModel.start_state: start latents need keys 'mu' and 'logvar', got "
-                f"{sorted(start)}"
-            )
-        mu = start["mu"].to(self.device, torch.float32)  # (B, Z)
-        logvar = start["logvar"].to(self.device, torch.float32)  # (B, Z)
-        if mu.shape[-1] != self.z_dim:
-            raise ValueError(
-                f"EnsembleWorldModel.start_state: latents have size {mu.shape[-1]}, the model's "
-                f"z_dim is {self.z_dim}"
-            )
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device)  # (B, Z)
-        state = self.initial_state(mu.shape[0])
-        state["z"] = mu + torch.exp(0.5 * logvar) * eps
+        state = super().start_state(start, generator)
         if self.member_sampling == "per_dream":
+            b = state["z"].shape[0]
             state["member"] = torch.randint(
-                self.num_members, (mu.shape[0],), generator=generator, device=self.device
+                self.num_members, (b,), generator=generator, device=self.device
             )
         return state

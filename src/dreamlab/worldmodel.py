@@ -270,14 +270,19 @@ class VMWorldModel:
         z_next = self.mdnrnn.sample(
             out.logit_pi.float(), out.mu.float(), out.log_sigma.float(), temperature, generator
         )  # (B, Z)
-        p_term = torch.sigmoid(out.termination_logit.float())  # (B,)
-        if self.termination == "sample":
-            u = torch.rand(p_term.shape, generator=generator, device=p_term.device)  # (B,)
-            terminated = u < p_term
-        else:
-            terminated = p_term > 0.5
+        terminated = self.terminated(out.termination_logit, generator)  # (B,)
         h, c = out.hidden[0][0].float(), out.hidden[1][0].float()  # (B, H) each
         return {"z": z_next, "h": h, "c": c}, out.reward.float(), terminated
+
+    def terminated(
+        self, logit: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Imagined episode ends ``(B,)`` bool from M's termination logits, by ``termination``."""
+        p_term = torch.sigmoid(logit.float())  # (B,)
+        if self.termination == "sample":
+            u = torch.rand(p_term.shape, generator=generator, device=p_term.device)  # (B,)
+            return u < p_term
+        return p_term > 0.5
 
     @torch.inference_mode()
     def decode(self, state: State) -> torch.Tensor:
@@ -298,16 +303,16 @@ class VMWorldModel:
             start: ``{"mu": (B, Z), "logvar": (B, Z)}`` rows of a start bank (see
                 :func:`start_latents_from_store`).
         """
+        who = type(self).__name__
         if "mu" not in start or "logvar" not in start:
             raise ValueError(
-                f"VMWorldModel.start_state: start latents need keys 'mu' and 'logvar', got "
-                f"{sorted(start)}"
+                f"{who}.start_state: start latents need keys 'mu' and 'logvar', got {sorted(start)}"
             )
         mu = start["mu"].to(self.device, torch.float32)  # (B, Z)
         logvar = start["logvar"].to(self.device, torch.float32)  # (B, Z)
         if mu.shape[-1] != self.z_dim:
             raise ValueError(
-                f"VMWorldModel.start_state: latents have size {mu.shape[-1]}, the model's z_dim "
+                f"{who}.start_state: latents have size {mu.shape[-1]}, the model's z_dim "
                 f"is {self.z_dim}"
             )
         eps = torch.randn(mu.shape, generator=generator, device=mu.device)  # (B, Z)
