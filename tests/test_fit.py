@@ -243,3 +243,19 @@ def test_viz_writers_used_by_the_stages(tmp_path: Path) -> None:
     assert [
         p.name for p in tmp_path.iterdir() if ".tmp" in p.name
     ] == []  # atomic writes cleaned up
+
+
+def test_cli_reports_divergence_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A diverged training stage (fit or Dreamer) ends the command with one line and code 3."""
+    import dreamlab.cli as cli
+    from dreamlab.pipeline import ReportArgs
+
+    def diverge(args: ReportArgs) -> None:
+        raise TrainingDivergedError("dreamer", 12, "the world-model loss", {"loss": float("nan")})
+
+    monkeypatch.setitem(cli.COMMANDS, "report", (ReportArgs, diverge))
+    assert cli.main(["report", "--run", "runs/x"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dreamer: training diverged at step 12" in err[0]

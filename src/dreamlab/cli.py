@@ -38,6 +38,7 @@ from dreamlab.pipeline import (
 )
 from dreamlab.play.export import ExportVideoArgs, export_video
 from dreamlab.play.server import PlayArgs, play
+from dreamlab.train.fit import TrainingDivergedError
 from dreamlab.uncertainty import (
     FuturesArgs,
     TrainEnsembleArgs,
@@ -126,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input: one clear line, no traceback; nothing saved has been touched.
         print(f"dreamlab: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as e:
+        # A NaN/inf loss or weight: one line; the last good checkpoint was kept.
+        print(f"dreamlab: error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("dreamlab: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

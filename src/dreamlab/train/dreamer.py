@@ -54,6 +54,7 @@ from dreamlab.io import append_jsonl, atomic_write_json, atomic_write_text, read
 from dreamlab.models.actor_critic import ActorCritic, ActorCriticConfig
 from dreamlab.models.rssm import RSSM, RSSMConfig, rssm_preset
 from dreamlab.rssm_worldmodel import RSSMWorldModel
+from dreamlab.train.fit import TrainingDivergedError
 from dreamlab.train.imagination import ImaginationConfig, ImaginationTrainer
 from dreamlab.worldmodel import ActionSpec
 
@@ -338,10 +339,7 @@ class DreamerTrainer:
         """Checkpoint everything; trainer.json last marks it complete."""
         for name, p in [*self.rssm.named_parameters(), *self.ac.named_parameters()]:
             if not torch.isfinite(p).all():
-                raise FloatingPointError(
-                    f"train_dreamer: parameter {name!r} is not finite at update {self.updates}; "
-                    "the last checkpoint was kept (lower the learning rates)"
-                )
+                raise TrainingDivergedError("dreamer", self.updates, f"parameter {name!r}", {})
         save_model(self.out / "world_model", self.rssm, step=self.updates)
         save_model(self.out / "actor_critic", self.ac, step=self.updates)
         for i, opt in enumerate(self._optimizers()):
@@ -404,9 +402,8 @@ class DreamerTrainer:
         loss, metrics = self.rssm.compute_loss(batch, return_sequence=True)
         seq = metrics.pop("_sequence")
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"train_dreamer: world-model loss is not finite at update {self.updates} "
-                f"({metrics}); the last checkpoint was kept"
+            raise TrainingDivergedError(
+                "dreamer", self.updates, "the world-model loss", dict(metrics)
             )
         self.model_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -461,7 +458,7 @@ def train_dreamer(cfg: DreamerConfig, out_dir: str | Path) -> DreamerResult:
 
     Raises:
         ValueError: ``out_dir`` holds a run with a different config, or bad settings.
-        FloatingPointError: a loss or weight became NaN/inf (the last checkpoint is kept).
+        TrainingDivergedError: a loss or weight became NaN/inf (the last checkpoint is kept).
     """
     from dreamlab.envs import make_env
 
