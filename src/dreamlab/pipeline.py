@@ -440,24 +440,24 @@ class Run:
             raise RunError(f"{self.path}: no latents yet; run `dreamlab encode` first")
         return EpisodeStore.open(self.path / "latents")
 
-    def _model_dir(self, name: str, what: str, command: str) -> Path:
+    def model_dir(self, name: str, what: str, command: str) -> Path:
         """``RUN/name`` if it holds a checkpoint, else a clear error naming the stage to run."""
         if not has_model(self.path / name):
             raise RunError(f"{self.path}: no {what}; run `dreamlab {command}` first")
         return self.path / name
 
     def vae(self) -> VAE:
-        return load_model(self._model_dir("vae", "trained V", "train-vae"))
+        return load_model(self.model_dir("vae", "trained V", "train-vae"))
 
     def vae_config(self) -> VAEConfig:
         """V's config without loading its weights."""
-        return read_config(self._model_dir("vae", "trained V", "train-vae"))[1]
+        return read_config(self.model_dir("vae", "trained V", "train-vae"))[1]
 
     def mdnrnn(self) -> MDNRNN:
-        return load_model(self._model_dir("mdnrnn", "trained M", "train-mdnrnn"))
+        return load_model(self.model_dir("mdnrnn", "trained M", "train-mdnrnn"))
 
     def controller(self, name: str = "controller") -> Controller:
-        return load_model(self._model_dir(name, name, "train-controller"))
+        return load_model(self.model_dir(name, name, "train-controller"))
 
     def action_space(self) -> Any:
         """The env's action space; the env (a VizDoom or Box2D process for some presets) is
@@ -663,7 +663,7 @@ def _agent(
         from dreamlab.bc.policy import BCPolicy
 
         # bc_latent reads the V+M recorded in its bc.json (`dreamlab train-bc --inputs latent`)
-        return BCPolicy.load(run._model_dir(which, f"{which} policy", "train-bc"))
+        return BCPolicy.load(run.model_dir(which, f"{which} policy", "train-bc"))
     if which == "planner":
         from dreamlab.uncertainty import controller_world_model
 
