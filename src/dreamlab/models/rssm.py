@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamlab.models import actions_to_tensor, frames_to_tensor
+from dreamlab.models import actions_to_tensor, foreground_weights, frames_to_tensor
 
 __all__ = [
     "RSSM",
@@ -393,10 +393,8 @@ class RSSM(nn.Module):
 
     def image_weights(self, frames: torch.Tensor) -> torch.Tensor:
         """Per-pixel loss weights ``(N, 1, H, W)``: ``1 + foreground_weight`` on foreground."""
-        median = frames.flatten(-2).median(-1).values[..., None, None]  # (N, 3, 1, 1)
-        diff = (frames - median).abs().amax(-3, keepdim=True)  # (N, 1, H, W)
-        fg = (diff > self.config.foreground_threshold).to(frames.dtype)
-        return 1.0 + self.config.foreground_weight * fg
+        c = self.config
+        return foreground_weights(frames, c.foreground_weight, c.foreground_threshold)
 
     def compute_loss(
         self, batch: dict[str, torch.Tensor], *, return_sequence: bool = False

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamlab.models import frames_to_tensor
+from dreamlab.models import foreground_weights, frames_to_tensor
 
 __all__ = ["VAE", "VAEConfig", "kl_divergence"]
 
@@ -244,18 +244,10 @@ class VAE(nn.Module):
         return floored.mean(), kl.mean()
 
     def pixel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction weights ``(B, 1, H, W)``: 1 on background, ``1 + foreground_weight`` on
-        pixels whose colour differs from the frame's median colour.
-
-        Why: a small object (Catch's 3x3 ball is 0.2% of the frame) costs so little squared
-        error that the plain loss settles on frames without it and never learns it (measured in
-        docs/vm.md). The median colour of a frame is its background whenever objects cover less
-        than half of it, so no dataset statistics are needed.
-        """
-        background = x.flatten(2).median(dim=2).values[..., None, None]  # (B, 3, 1, 1)
-        diff = (x - background).abs().amax(dim=1, keepdim=True)  # (B, 1, H, W)
-        foreground = (diff > self.config.foreground_threshold).to(x.dtype)  # (B, 1, H, W)
-        return 1.0 + self.config.foreground_weight * foreground
+        """Reconstruction weights ``(B, 1, H, W)`` (see :func:`dreamlab.models.foreground_weights`)."""
+        return foreground_weights(
+            x, self.config.foreground_weight, self.config.foreground_threshold
+        )
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative ELBO with the KL floor.
