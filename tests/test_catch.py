@@ -10,6 +10,7 @@ from gymnasium.utils.env_checker import check_env
 
 import dreamlab.envs as envs
 from dreamlab.envs.catch import (
+    BACKGROUND_COLOR,
     BALL_COLOR,
     HUD_HEIGHT,
     PADDLE_COLOR,
@@ -261,3 +262,36 @@ def test_make_policy_errors() -> None:
         make_policy("random", spaces.MultiBinary(3), 0)
     with pytest.raises(ValueError, match=r"expected \(N, H, W, 3\)"):
         RandomPolicy(spaces.Discrete(3)).predict(np.zeros((64, 64, 3), np.uint8), None, np.ones(1))
+
+
+def test_locate_objects_finds_ball_and_paddle_in_real_and_blurred_frames() -> None:
+    from dreamlab.envs import locate_objects
+
+    env = CatchEnv(frame_size=32, paddle_width=6)
+    obs, _ = env.reset(seed=3)
+    frames = [obs]
+    truth = []
+    for _ in range(6):
+        truth.append((env._ball_x, env._ball_y, env._paddle_x))
+        obs, *_ = env.step(np.array([0.7], np.float32))
+        frames.append(obs)
+    truth.append((env._ball_x, env._ball_y, env._paddle_x))
+    batch = np.stack(frames)  # (7, 32, 32, 3)
+    found = locate_objects(batch, env.config)
+    c = env.config
+    for i, (bx, by, px) in enumerate(truth):
+        assert found["ball_visible"][i]
+        assert abs(found["ball_x"][i] - (round(bx) + (c.ball_size - 1) / 2)) < 0.01
+        assert abs(found["ball_y"][i] - (round(by) + (c.ball_size - 1) / 2)) < 0.01
+        assert abs(found["paddle_x"][i] - (round(px) + (c.paddle_width - 1) / 2)) < 0.01
+    # An imagined frame is float and blurred: mixing 20% background into every pixel keeps
+    # each colour nearest its own palette entry.
+    blurred = 0.8 * batch / 255.0 + 0.2 * np.array(BACKGROUND_COLOR) / 255.0
+    again = locate_objects(blurred, env.config)
+    np.testing.assert_allclose(again["ball_x"], found["ball_x"])
+    # An empty frame has no ball and no paddle.
+    empty = np.zeros((2, 32, 32, 3), np.uint8) + np.array(BACKGROUND_COLOR, np.uint8)
+    none = locate_objects(empty, env.config)
+    assert not none["ball_visible"].any() and np.isnan(none["paddle_x"]).all()
+    with pytest.raises(ValueError, match="expected"):
+        locate_objects(np.zeros((4, 4)), env.config)

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import TimeLimit
 
-from dreamlab.envs.catch import CatchConfig, CatchEnv
+from dreamlab.envs.catch import CatchConfig, CatchEnv, locate_objects
 from dreamlab.envs.policies import (
     POLICY_NAMES,
     BrownianPolicy,
@@ -64,6 +64,7 @@ __all__ = [
     "ResizeFrame",
     "check_env_spaces",
     "get_preset",
+    "locate_objects",
     "make_env",
     "make_policy",
     "preset_from_dict",

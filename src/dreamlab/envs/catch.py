@@ -315,3 +315,51 @@ class CatchEnv(gym.Env[np.ndarray, Any]):
 
     def _info(self) -> dict[str, Any]:
         return {"caught": self._caught, "missed": self._missed, "balls_left": self._balls_left}
+
+
+def locate_objects(frames: np.ndarray, config: CatchConfig | None = None) -> dict[str, np.ndarray]:
+    """Find the ball and the paddle in Catch frames, real or imagined, by nearest palette colour.
+
+    Each pixel is assigned to the closest of the four Catch colours (background, ball, paddle,
+    pip), so a blurred or slightly off-colour imagined frame is read the way a person would read
+    it. Positions are the centroids of the ball's and the paddle's pixels: a probe of what a
+    frame shows, used to score generated frames (fidelity, prompt following) without a learned
+    classifier.
+
+    Args:
+        frames: ``(..., S, S, 3)`` uint8 or float in ``[0, 1]`` frames.
+        config: the env's geometry (paddle height); default ``CatchConfig()``.
+
+    Returns:
+        ``ball_x``, ``ball_y`` (centroid in pixels, NaN where no ball is seen), ``ball_visible``
+        (bool), ``paddle_x`` (centroid column, NaN where no paddle is seen), each of shape
+        ``frames.shape[:-3]``.
+    """
+    c = config if config is not None else CatchConfig()
+    x = np.asarray(frames)
+    if x.ndim < 3 or x.shape[-1] != 3 or x.shape[-2] != x.shape[-3]:
+        raise ValueError(f"locate_objects: frames of shape {x.shape}; expected (..., S, S, 3)")
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    palette = np.array([BACKGROUND_COLOR, BALL_COLOR, PADDLE_COLOR, PIP_COLOR], np.float32) / 255.0
+    dist = ((x[..., None, :] - palette) ** 2).sum(-1)  # (..., S, S, 4)
+    label = dist.argmin(-1)  # (..., S, S)
+    size = x.shape[-2]
+    rows = np.arange(size, dtype=np.float32)
+
+    ball = label == 1
+    ball[..., :HUD_HEIGHT, :] = False
+    n_ball = ball.sum((-2, -1)).astype(np.float32)
+    visible = n_ball > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ball_x = (ball * rows).sum((-2, -1)) / n_ball
+        ball_y = (ball * rows[:, None]).sum((-2, -1)) / n_ball
+        paddle = label[..., size - c.paddle_height :, :] == 2  # (..., ph, S)
+        n_paddle = paddle.sum((-2, -1)).astype(np.float32)
+        paddle_x = (paddle * rows).sum((-2, -1)) / n_paddle
+    nan = np.float32(np.nan)
+    return {
+        "ball_x": np.where(visible, ball_x, nan),
+        "ball_y": np.where(visible, ball_y, nan),
+        "ball_visible": visible,
+        "paddle_x": np.where(n_paddle > 0, paddle_x, nan),
+    }
