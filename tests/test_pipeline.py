@@ -135,3 +135,45 @@ def test_cli_dream_writes_a_video(debug_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "dream.gif"
     assert main(["dream", "--run", str(debug_run), "--video", str(out), "--steps", "12"]) == 0
     assert out.exists() and out.stat().st_size > 0
+
+
+def test_raced_restarts_continue_the_best_seed_and_resume(debug_run: Path) -> None:
+    from dreamlab.pipeline import RESTARTS_FILE, stage_controller
+    from dreamlab.train.evolve import EvolveConfig
+
+    ecfg = EvolveConfig(
+        generations=3,
+        population_size=4,
+        rollouts_per_candidate=2,
+        eval_every=1,
+        eval_rollouts=16,
+        max_episode_steps=20,
+        seed=5,
+        restarts=2,
+        restart_generations=2,
+        progress=False,
+        tensorboard=False,
+    )
+    run = Run.open(debug_run)
+    result = stage_controller(run, "zh", ecfg, name="raced")
+    out = debug_run / "raced"
+    record = json.loads((out / RESTARTS_FILE).read_text())
+    scores = {int(k): v for k, v in record["scores"].items()}
+    assert set(scores) == {5, 6} and record["chosen_seed"] == max(scores, key=scores.__getitem__)
+    # the winner's two raced generations are the first two of the continued run, then one more
+    winner = out / "restarts" / f"seed_{record['chosen_seed']}" / "metrics.jsonl"
+    raced = [json.loads(line) for line in winner.read_text().splitlines()]
+    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in final] == [1, 2, 3]
+    assert final[:2] == raced
+    assert result.generations == 3 and result.resumed_from == 2
+    assert result.best_eval_return >= scores[record["chosen_seed"]]
+    # a rerun skips the race and resumes the finished run as a no-op
+    stamp = (out / RESTARTS_FILE).stat().st_mtime_ns
+    again = stage_controller(run, "zh", ecfg, name="raced")
+    assert (out / RESTARTS_FILE).stat().st_mtime_ns == stamp
+    assert again.resumed_from == 3
+    with pytest.raises(ValueError, match="eval_every must be > 0"):
+        EvolveConfig(restarts=2, eval_every=0)
+    with pytest.raises(ValueError, match="restart_generations"):
+        EvolveConfig(generations=10, restarts=2, restart_generations=11)
