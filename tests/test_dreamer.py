@@ -133,12 +133,13 @@ def test_pipeline_cli_runs_the_dreamer_preset(tmp_path: Path, one_thread: None) 
     assert main(["pipeline", "--preset", "catch-dreamer", "--run", str(run)]) == 2
 
 
-def test_compare_models_helpers_run_on_any_world_model(one_thread: None) -> None:
-    """open_loop_errors and dream_return (used by compare-models) take an RSSM world model."""
+def test_compare_models_measures_run_on_an_rssm(one_thread: None) -> None:
+    """The fidelity measures and dream_return (used by compare-models) take an RSSM world model."""
     import gymnasium as gym
 
     from dreamlab.envs import make_env
-    from dreamlab.eval.compare_models import dream_return, open_loop_errors
+    from dreamlab.eval.compare_models import dream_return
+    from dreamlab.eval.fidelity import FidelityConfig, catch_config_for, measure_fidelity
     from dreamlab.rssm_worldmodel import RSSMWorldModel
 
     torch.manual_seed(0)
@@ -160,10 +161,13 @@ def test_compare_models_helpers_run_on_any_world_model(one_thread: None) -> None
                 "obs": np.stack(frames),
                 "action": np.asarray(actions, np.float32),
                 "reward": np.asarray(rewards, np.float32),
+                "terminated": np.zeros(12, bool),
             }
         )
-    err = open_loop_errors(wm, episodes, context=3, horizon=8)
-    assert err["pixel_mse"].shape == (2, 8) and err["reward_abs"].shape == (2, 8)
+    cfg = FidelityConfig(context=3, horizon=8, speed_batch=4, speed_steps=2, speed_repeats=1)
+    result = measure_fidelity(wm, episodes, space, cfg, catch=catch_config_for("catch-32"))
+    assert result.open_loop.mse.shape == (2, 8) and result.open_loop.reward_abs.shape == (2, 8)
+    assert result.control["actions"] == cfg.continuous_actions
     start = {"deter": torch.zeros(4, 128), "stoch": torch.zeros(4, 64)}
     value = dream_return(wm, start, space, lambda f: torch.zeros(f.shape[0], 1), 4, 10)
     assert np.isfinite(value)
