@@ -15,6 +15,7 @@ from dreamlab.bc.commands import TrainBCArgs, train_bc_cmd
 from dreamlab.bc.compare import CompareArgs, run_compare
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.video_io import VideoImportConfig, import_command
+from dreamlab.diffusion_pipeline import TrainDiffusionConfig, train_diffusion_cmd
 from dreamlab.dreamer_pipeline import TrainDreamerArgs, train_dreamer_cmd
 from dreamlab.eval.compare_models import CompareModelsArgs, compare_models
 from dreamlab.pipeline import (
@@ -38,6 +39,7 @@ from dreamlab.pipeline import (
 )
 from dreamlab.play.export import ExportVideoArgs, export_video
 from dreamlab.play.server import PlayArgs, play
+from dreamlab.token_pipeline import TrainTokensArgs, train_tokens_cmd
 from dreamlab.train.fit import TrainingDivergedError
 from dreamlab.uncertainty import (
     FuturesArgs,
@@ -109,6 +111,8 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "uncertainty": (UncertaintyArgs, measure_uncertainty),
     "train-dreamer": (TrainDreamerArgs, train_dreamer_cmd),
     "compare-models": (CompareModelsArgs, compare_models),
+    "train-tokens": (TrainTokensArgs, train_tokens_cmd),
+    "train-diffusion": (TrainDiffusionConfig, train_diffusion_cmd),
 }
 
 

@@ -1217,12 +1217,33 @@ class DreamArgs:
     """who acts in the dream (the trained controller if there is one, else random)"""
     seed: int = 0
     """seed of the dream"""
+    prompt: str | None = None
+    """scenario words for a token run (train-tokens), e.g. "fast from-left" (docs/tokens.md)"""
+    guidance: float = 3.0
+    """classifier-free guidance scale of the prompt (token runs)"""
 
 
 def dream(args: DreamArgs) -> Path:
     from dreamlab.dream import DreamEnv
+    from dreamlab.token_pipeline import dream_tokens, is_token_run
     from dreamlab.viz import write_video
 
+    if is_token_run(args.run):
+        return dream_tokens(
+            args.run,
+            args.video,
+            args.steps,
+            args.temperature,
+            args.agent,
+            args.seed,
+            args.prompt,
+            args.guidance,
+        )
+    if args.prompt is not None:
+        raise ValueError(
+            f"{args.run}: --prompt needs a token run (dreamlab train-tokens); this run's V+M "
+            "model has no prompt vocabulary"
+        )
     run = Run.open(args.run)
     world_model = run.world_model()
     space = run.action_space()
