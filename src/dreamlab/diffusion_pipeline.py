@@ -163,32 +163,22 @@ def open_loop_fidelity(
         "ball_x_error"}``: means over episodes at each horizon (``ball_x_error``: mean |dx| in
         pixels of the ball's centroid where both frames show a ball, Catch only, else None).
     """
-    from dreamlab.eval.dream_vs_real import open_loop
+    from dreamlab.eval.fidelity import open_loop, position_probe
 
     horizon = max(horizons)
     need = context + horizon - 1
     episodes = [ep for ep in episodes if len(ep["action"]) >= need]
     if not episodes:
         raise ValueError(f"open_loop_fidelity: no episode has {need} steps")
-    res = open_loop(world_model, episodes, context=context, horizon=horizon, seed=seed)
-    real = res.real.astype(np.float32) / 255.0  # (B, H+1, h, w, 3)
-    copy = ((real - real[:, :1]) ** 2).mean(axis=(2, 3, 4))  # (B, H+1)
-    ball_err: list[float] | None = None
+    res = open_loop(world_model, episodes, context, horizon, seed=seed)
+    ball_err: list[float] | None
     try:
-        from dreamlab.envs.catch import locate_objects
-
-        r, d = locate_objects(res.real), locate_objects(res.imagined)
-        both = r["ball_visible"] & d["ball_visible"]
-        ball_err = [
-            float(np.abs(r["ball_x"][:, h] - d["ball_x"][:, h])[both[:, h]].mean())
-            if both[:, h].any()
-            else float("nan")
-            for h in horizons
-        ]
-    except ValueError:
+        probe = position_probe(res.imagined, res.real)
+        ball_err = [float(probe["ball_x_err"][h - 1]) for h in horizons]
+    except ValueError:  # not square RGB frames: no Catch probe
         ball_err = None
-    model_mse = [float(res.pixel_mse[:, h].mean()) for h in horizons]
-    copy_mse = [float(copy[:, h].mean()) for h in horizons]
+    model_mse = [float(res.mse[:, h - 1].mean()) for h in horizons]
+    copy_mse = [float(res.baseline_mse[:, h - 1].mean()) for h in horizons]
     return {
         "context": context,
         "episodes": len(episodes),

@@ -424,20 +424,16 @@ def open_loop_fidelity(
     The model observes ``context`` real frames (with the real actions between them), then
     imagines ``max(horizons)`` steps with the real actions; copy-last repeats the last real frame.
     """
-    from dreamlab.eval.dream_vs_real import open_loop
+    from dreamlab.eval.fidelity import open_loop
 
     h = max(horizons)
     eps = [e for e in episodes if len(e["action"]) >= context + h - 1]
-    res = open_loop(
-        world_model, eps, context=context, horizon=h, temperature=temperature, seed=seed
-    )
-    real = res.real.astype(np.float32) / 255.0  # (B, H+1, ...)
-    copy = ((real - real[:, :1]) ** 2).mean(axis=(2, 3, 4))  # (B, H+1)
+    res = open_loop(world_model, eps, context, h, temperature=temperature, seed=seed)
     return {
         "episodes": len(eps),
         "context": context,
-        "model_mse": {k: float(res.pixel_mse[:, k].mean()) for k in horizons},
-        "copy_last_mse": {k: float(copy[:, k].mean()) for k in horizons},
+        "model_mse": {k: float(res.mse[:, k - 1].mean()) for k in horizons},
+        "copy_last_mse": {k: float(res.baseline_mse[:, k - 1].mean()) for k in horizons},
     }
 
 
