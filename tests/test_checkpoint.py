@@ -77,8 +77,8 @@ def test_kind_mismatch(tmp_path: Path) -> None:
 def test_unknown_kind_and_unknown_field(tmp_path: Path) -> None:
     save_model(tmp_path, VAE(SMALL_VAE))
     meta = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**meta, "kind": "diffusion"}))
-    with pytest.raises(CheckpointError, match="unknown model kind 'diffusion'"):
+    (tmp_path / "config.json").write_text(json.dumps({**meta, "kind": "no-such-model"}))
+    with pytest.raises(CheckpointError, match="unknown model kind 'no-such-model'"):
         load_model(tmp_path)
     meta["config"]["latent_size"] = 3
     (tmp_path / "config.json").write_text(json.dumps(meta))
