@@ -31,6 +31,7 @@ __all__ = [
     "WorldModelAgentFactory",
     "action_spec_for",
     "frame_batch",
+    "predict_inputs",
     "reset_mask",
 ]
 
@@ -67,6 +68,27 @@ def reset_mask(
         return None
     mask = torch.as_tensor(np.asarray(episode_start, dtype=bool), device=device)
     return mask if bool(mask.any()) else None
+
+
+def predict_inputs(
+    world_model: WorldModel, obs: Any, state: State | None, episode_start: Any, who: str
+) -> tuple[torch.Tensor, State, bool]:
+    """The start every world-model agent's ``predict`` shares.
+
+    Returns:
+        ``(frames (N, 3, H, W) in [0, 1] on the model's device, state, single)``: the state is
+        fresh memory when ``state`` is None, else ``state`` with the memory of the envs where
+        ``episode_start`` is true reset; ``single`` tells whether ``obs`` was one frame.
+    """
+    obs_arr, single = frame_batch(obs, who)
+    num_envs = obs_arr.shape[0]
+    frames = frames_to_tensor(obs_arr, device=world_model.device)  # (N, 3, H, W)
+    if state is None:
+        return frames, world_model.initial_state(num_envs), single
+    mask = reset_mask(state, episode_start, num_envs, world_model.device, who)
+    if mask is not None:
+        state = select_state(mask, world_model.initial_state(num_envs), state)
+    return frames, state, single
 
 
 def action_spec_for(config: ControllerConfig) -> ActionSpec:
@@ -130,17 +152,9 @@ class WorldModelAgent:
             Actions ``(N, A)`` float32 (Box) or ``(N,)`` int64 (Discrete) — without the batch
             axis for a single frame — and the new state (a dict of ``(N, ...)`` tensors).
         """
-        obs_arr, single = frame_batch(obs, "WorldModelAgent.predict")
-        num_envs = obs_arr.shape[0]
-        frames = frames_to_tensor(obs_arr, device=self.world_model.device)  # (N, 3, H, W)
-        if state is None:
-            state = self.world_model.initial_state(num_envs)
-        else:
-            mask = reset_mask(
-                state, episode_start, num_envs, self.world_model.device, "WorldModelAgent.predict"
-            )
-            if mask is not None:
-                state = select_state(mask, self.world_model.initial_state(num_envs), state)
+        frames, state, single = predict_inputs(
+            self.world_model, obs, state, episode_start, "WorldModelAgent.predict"
+        )
         state = self.world_model.observe(state, frames)
         features = self.world_model.features(state)  # (N, F)
         action = self.controller(features)  # (N, A) or (N,)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from dreamlab.agent import frame_batch, reset_mask
+from dreamlab.agent import predict_inputs
 from dreamlab.checkpoint import (
     load_model,
     load_optimizer,
@@ -63,9 +63,8 @@ from dreamlab.io import (
     read_json,
     read_jsonl,
 )
-from dreamlab.models import frames_to_tensor
 from dreamlab.models.qnet import QNet, QNetConfig
-from dreamlab.worldmodel import StartLatents, State, select_state
+from dreamlab.worldmodel import StartLatents, State
 
 __all__ = ["DiffusionAgent", "DreamQConfig", "DreamQResult", "train_in_dream"]
 
@@ -386,16 +385,10 @@ class DiffusionAgent:
         deterministic: bool = True,
     ) -> tuple[np.ndarray, State]:
         """Act on frames ``(N, H, W, 3)`` uint8 (or one frame); returns ``(actions (N,), state)``."""
-        obs_arr, single = frame_batch(obs, "DiffusionAgent.predict")
         wm = self.world_model
-        num_envs = obs_arr.shape[0]
-        frames = frames_to_tensor(obs_arr, device=wm.device)  # (N, 3, H, W)
-        if state is None:
-            state = wm.initial_state(num_envs)
-        else:
-            mask = reset_mask(state, episode_start, num_envs, wm.device, "DiffusionAgent.predict")
-            if mask is not None:
-                state = select_state(mask, wm.initial_state(num_envs), state)
+        frames, state, single = predict_inputs(
+            wm, obs, state, episode_start, "DiffusionAgent.predict"
+        )
         state = wm.observe(state, frames)
         action = self.act(wm.features(state))  # (N,)
         state = wm.advance(state, action)

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamlab.agent import frame_batch, reset_mask
+from dreamlab.agent import predict_inputs
 from dreamlab.checkpoint import load_model
-from dreamlab.models import frames_to_tensor
 from dreamlab.models.actor_critic import ActorCritic
 from dreamlab.models.rssm import RSSM
 from dreamlab.rssm_worldmodel import RSSMWorldModel
-from dreamlab.worldmodel import ActionSpec, State, select_state
+from dreamlab.worldmodel import ActionSpec, State
 
 __all__ = ["DreamerAgent", "action_spec_of"]
 
@@ -64,16 +63,10 @@ class DreamerAgent:
         Actions are ``(N,)`` int64 (discrete) or ``(N, A)`` float32 (Box); memory is reset where
         ``episode_start`` is true.
         """
-        obs_arr, single = frame_batch(obs, "DreamerAgent.predict")
         wm = self.world_model
-        num_envs = obs_arr.shape[0]
-        frames = frames_to_tensor(obs_arr, device=wm.device)  # (N, 3, H, W)
-        if state is None:
-            state = wm.initial_state(num_envs)
-        else:
-            mask = reset_mask(state, episode_start, num_envs, wm.device, "DreamerAgent.predict")
-            if mask is not None:
-                state = select_state(mask, wm.initial_state(num_envs), state)
+        frames, state, single = predict_inputs(
+            wm, obs, state, episode_start, "DreamerAgent.predict"
+        )
         state = wm.observe(state, frames, generator=self.generator)
         dist = self.actor_critic.policy(wm.features(state))
         action = dist.mode() if deterministic else dist.sample(self.generator)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dreamlab.agent import frame_batch, reset_mask
+from dreamlab.agent import predict_inputs
 from dreamlab.checkpoint import (
     CheckpointError,
     has_model,
@@ -46,7 +46,7 @@ from dreamlab.models.vq import VQTokenizer, vq_preset
 from dreamlab.token_worldmodel import TokenWorldModel, action_tokens, token_start_bank
 from dreamlab.train.fit import TrainConfig, fit, frame_batches
 from dreamlab.train.imagination import ImaginationConfig, lambda_returns
-from dreamlab.worldmodel import ActionSpec, State, select_state
+from dreamlab.worldmodel import ActionSpec, State
 
 __all__ = [
     "TokenAgent",
@@ -246,16 +246,9 @@ class TokenAgent:
         deterministic: bool = True,
     ) -> tuple[np.ndarray, State]:
         """Frames ``(N, H, W, 3)`` uint8 -> ``(actions (N,) or (N, A), state)``."""
-        arr, single = frame_batch(obs, "TokenAgent.predict")
         wm = self.world_model
-        n = arr.shape[0]
-        if state is None:
-            state = wm.initial_state(n)
-        else:
-            mask = reset_mask(state, episode_start, n, wm.device, "TokenAgent.predict")
-            if mask is not None:
-                state = select_state(mask, wm.initial_state(n), state)
-        state = wm.observe(state, frames_to_tensor(arr, wm.device))
+        frames, state, single = predict_inputs(wm, obs, state, episode_start, "TokenAgent.predict")
+        state = wm.observe(state, frames)
         dist = self.actor_critic.policy(wm.features(state))
         action = dist.mode() if deterministic else dist.sample(self.generator)
         env_action = self.actor_critic.to_env(action)
