@@ -635,8 +635,7 @@ def _restart_job(
     name: str,
     pessimism: float | None,
 ) -> float:
-    """One raced restart, in its own process: returns the best many-rollout score of its mean."""
-    torch.set_num_threads(1)
+    """One raced restart: returns the best many-rollout score of its mean."""
     result = _evolve_controller(Run.open(Path(run_path)), inputs, ecfg, name, pessimism)
     if result.best_eval_return is None:
         raise RunError(f"restart {name}: no evaluation of the mean ran")
@@ -654,7 +653,9 @@ def race_restarts(
 
     Restart r (seed ``ecfg.seed + r``) runs ``restart_generations`` generations in
     ``run/name/restarts/seed_S/``; dream backends run them in parallel processes, one per CPU
-    core (the batched dream does not get faster with more threads; BENCHMARKS.md). The restart
+    core (the batched dream does not get faster with more threads; on a machine whose cores
+    share one physical core, as this project's 2-core one, processes do not help either;
+    BENCHMARKS.md). The restart
     whose mean scored best on ``eval_rollouts`` episodes is copied into ``run/name/`` (CMA-ES state
     last, so its presence marks a finished copy), and its seed is returned: continuing with that
     seed resumes the winner exactly. Killed at any point, a rerun resumes each restart, or skips
@@ -699,7 +700,13 @@ def race_restarts(
                 )
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            # one torch thread per worker process: the processes share the cores
+            with ProcessPoolExecutor(
+                workers,
+                mp_context=get_context("spawn"),
+                initializer=torch.set_num_threads,
+                initargs=(1,),
+            ) as pool:
                 futures = {
                     seed: pool.submit(
                         _restart_job, str(run.path), inputs, jobs[seed], names[seed], pessimism
