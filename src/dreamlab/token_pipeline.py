@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dreamlab.agent import predict_inputs
 from dreamlab.checkpoint import (
     CheckpointError,
     has_model,
@@ -37,6 +36,7 @@ from dreamlab.checkpoint import (
     save_optimizer,
     weights_step,
 )
+from dreamlab.dreamer_agent import ActorAgent
 from dreamlab.envs.scenarios import CATCH_WORDS, ball_scenarios, parse_prompt, scenario_masks
 from dreamlab.io import atomic_write_json, atomic_write_text, read_json
 from dreamlab.models import frames_to_tensor
@@ -218,44 +218,22 @@ def window_batches(
 
 
 # ---------------------------------------------------------------------- agent
-class TokenAgent:
+class TokenAgent(ActorAgent):
     """An actor trained in the token dream, acting in real envs (SB3-shaped ``predict``).
 
     Per call: ``observe`` the real frame into the open block, act on ``[z_q, h]``, then
     ``advance`` the transformer with the action (no frame is imagined: the next call brings the
-    real one).
+    real one). The rest of ``predict`` is :class:`~dreamlab.dreamer_agent.ActorAgent`'s.
     """
 
-    def __init__(self, world_model: TokenWorldModel, actor_critic: ActorCritic, seed: int = 0):
-        if world_model.feature_dim != actor_critic.config.feature_dim:
-            raise ValueError(
-                f"TokenAgent: world model features have size {world_model.feature_dim}, the actor "
-                f"reads {actor_critic.config.feature_dim}"
-            )
-        self.world_model = world_model
-        self.actor_critic = actor_critic.to(world_model.device).eval()
-        self.discrete = actor_critic.config.action_kind == "discrete"
-        self.generator = torch.Generator(device=world_model.device).manual_seed(seed)
+    world_model: TokenWorldModel
 
-    @torch.inference_mode()
-    def predict(
-        self,
-        obs: np.ndarray,
-        state: State | None = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = True,
-    ) -> tuple[np.ndarray, State]:
-        """Frames ``(N, H, W, 3)`` uint8 -> ``(actions (N,) or (N, A), state)``."""
-        wm = self.world_model
-        frames, state, single = predict_inputs(wm, obs, state, episode_start, "TokenAgent.predict")
-        state = wm.observe(state, frames)
-        dist = self.actor_critic.policy(wm.features(state))
-        action = dist.mode() if deterministic else dist.sample(self.generator)
-        env_action = self.actor_critic.to_env(action)
-        state = wm.advance(state, env_action)
-        out = env_action.cpu().numpy()
-        out = out.astype(np.int64) if self.discrete else out.astype(np.float32)
-        return (out[0] if single else out), state
+    def __init__(self, world_model: TokenWorldModel, actor_critic: ActorCritic, seed: int = 0):
+        super().__init__(world_model, actor_critic, seed)
+        self.actor_critic.eval()
+
+    def _after_action(self, state: State, env_action: torch.Tensor) -> State:
+        return self.world_model.advance(state, env_action)
 
     def dream_policy(self, features: torch.Tensor) -> torch.Tensor:
         """The same actor inside the dream: features ``(N, F)`` -> env actions (its mode)."""
