@@ -16,6 +16,7 @@ from dreamlab.worldmodel import (
     State,
     VMWorldModel,
     WorldModel,
+    memory_start_latents,
     select_state,
     start_latents_from_store,
 )
@@ -229,6 +230,61 @@ def test_start_latents_from_store() -> None:
     assert start_latents_from_store(store, frames="all", max_rows=5)["mu"].shape == (5, 4)
     with pytest.raises(ValueError, match="'mu' and 'logvar'"):
         start_latents_from_store(FakeLatentStore([2], with_mu=False))
+
+
+class RandomLatentStore:
+    """Latent episodes of random ``mu`` and actions (Box(2)), of the given lengths."""
+
+    def __init__(self, lengths: list[int]) -> None:
+        rng = np.random.default_rng(0)
+        self.path = "random-store"
+        self.indices = list(range(len(lengths)))
+        self.episodes = [
+            {
+                "mu": rng.normal(size=(t + 1, 4)).astype(np.float32),
+                "logvar": np.full((t + 1, 4), -2.0, np.float32),
+                "action": rng.uniform(-1, 1, size=(t, 2)).astype(np.float32),
+            }
+            for t in lengths
+        ]
+
+    def episode(self, i: int) -> dict[str, np.ndarray]:
+        return self.episodes[i]
+
+
+def test_memory_start_bank_holds_the_memory_the_agent_has_in_reality() -> None:
+    wm = tiny_vm()
+    lengths = [5, 0, 9, 3]
+    store = RandomLatentStore(lengths)
+    # batch_size 3: two chunks, and episodes of different lengths padded within a chunk
+    bank = memory_start_latents(wm, store, batch_size=3)
+    assert {k: tuple(v.shape) for k, v in bank.items()} == {
+        "mu": (21, 4),
+        "logvar": (21, 4),
+        "h": (21, 8),
+        "c": (21, 8),
+    }
+    row = 0
+    for ep in store.episodes:
+        # the real agent's loop: observe (z = V's mean), act, step (memory advances)
+        state = wm.initial_state(1)
+        for t in range(len(ep["mu"])):
+            state = {**state, "z": torch.from_numpy(ep["mu"][t : t + 1])}
+            assert torch.allclose(bank["h"][row], state["h"][0], atol=1e-5)
+            assert torch.allclose(bank["c"][row], state["c"][0], atol=1e-5)
+            assert torch.equal(bank["mu"][row], torch.from_numpy(ep["mu"][t]))
+            row += 1
+            if t < len(ep["action"]):
+                state, _, _ = wm.step(state, torch.from_numpy(ep["action"][t : t + 1]))
+    assert float(bank["h"][1:5].abs().sum()) > 0  # the memory is not the zero start
+    # dreams begun from the bank start with that memory
+    start = wm.start_state({k: v[:6] for k, v in bank.items()}, torch.Generator().manual_seed(0))
+    assert torch.equal(start["h"], bank["h"][:6]) and torch.equal(start["c"], bank["c"][:6])
+    assert memory_start_latents(wm, store, max_rows=7)["h"].shape == (7, 8)
+    with pytest.raises(ValueError, match="'h' and 'c' of shape"):
+        wm.start_state({"mu": bank["mu"][:2], "logvar": bank["logvar"][:2], "h": bank["h"][:2]})
+    with pytest.raises(ValueError, match="needs arrays"):
+        memory_start_latents(wm, FakeLatentStore([2], with_mu=False))
 
 
 def test_select_state_mixes_rows() -> None:

@@ -297,11 +297,13 @@ class VMWorldModel:
 
     @torch.inference_mode()
     def start_state(self, start: StartLatents, generator: torch.Generator | None = None) -> State:
-        """Begin dreams at real first frames: ``z ~ N(mu, exp(logvar))``, zero memory.
+        """Begin dreams at real frames: ``z ~ N(mu, exp(logvar))``, zero memory, or the
+        memory M had there when the bank also holds ``h`` and ``c``.
 
         Args:
             start: ``{"mu": (B, Z), "logvar": (B, Z)}`` rows of a start bank (see
-                :func:`start_latents_from_store`).
+                :func:`start_latents_from_store`), plus ``"h"``/``"c"`` ``(B, H)`` for a warm
+                bank (see :func:`memory_start_latents`).
         """
         who = type(self).__name__
         if "mu" not in start or "logvar" not in start:
@@ -318,6 +320,16 @@ class VMWorldModel:
         eps = torch.randn(mu.shape, generator=generator, device=mu.device)  # (B, Z)
         state = self.initial_state(mu.shape[0])
         state["z"] = mu + torch.exp(0.5 * logvar) * eps
+        if "h" in start or "c" in start:
+            # a warm bank (memory_start_latents): the memory M had at that real frame
+            for key in ("h", "c"):
+                if key not in start or tuple(start[key].shape) != tuple(state[key].shape):
+                    got = tuple(start[key].shape) if key in start else "nothing"
+                    raise ValueError(
+                        f"{who}.start_state: a warm start bank needs 'h' and 'c' of shape "
+                        f"{tuple(state[key].shape)}, got {got} for {key!r}"
+                    )
+                state[key] = start[key].to(self.device, torch.float32)
         return state
 
 
@@ -363,6 +375,78 @@ def start_latents_from_store(
     return {"mu": torch.from_numpy(mu.copy()), "logvar": torch.from_numpy(logvar.copy())}
 
 
+@torch.inference_mode()
+def memory_start_latents(
+    world_model: VMWorldModel, store: Any, *, max_rows: int | None = None, batch_size: int = 256
+) -> StartLatents:
+    """A start bank of every real observation *with the memory M had there*.
+
+    M runs over each real episode as the agent's memory does in the real env (z = V's mean of
+    each real frame, the real actions), and the bank keeps ``h``/``c`` before each observation
+    beside its ``mu``/``logvar``. A dream begun from a row therefore starts mid-episode with
+    a memory that has seen the ball move, as C's memory has when it acts in reality; with
+    :func:`start_latents_from_store` (``frames='all'``) the memory starts at zero.
+
+    Args:
+        world_model: the V+M whose M computes the memory.
+        store: a latent ``EpisodeStore`` (``mu``, ``logvar``, ``action``).
+        max_rows: keep at most this many rows (evenly spaced) to bound memory.
+        batch_size: episodes run through M at once.
+
+    Returns:
+        ``{"mu", "logvar": (N, Z), "h", "c": (N, H)}`` float32 CPU tensors.
+    """
+    where = getattr(store, "path", "the store")
+    episodes: list[Mapping[str, np.ndarray]] = []
+    for i in store.indices:
+        ep = store.episode(i)
+        missing = sorted({"mu", "logvar", "action"} - set(ep))
+        if missing:
+            raise ValueError(f"episode {i} of {where}: a latent store needs arrays {missing}")
+        episodes.append(ep)
+    if not episodes:
+        raise ValueError(f"{where}: holds no episodes")
+    dev = world_model.device
+    rows: dict[str, list[torch.Tensor]] = {"mu": [], "logvar": [], "h": [], "c": []}
+    for first in range(0, len(episodes), batch_size):
+        chunk = episodes[first : first + batch_size]
+        lengths = [len(ep["mu"]) for ep in chunk]  # observations T+1 per episode
+        longest = max(lengths)
+        b, z_dim = len(chunk), world_model.z_dim
+        mu = torch.zeros(b, longest, z_dim)  # (b, T+1, Z)
+        for j, ep in enumerate(chunk):
+            mu[j, : lengths[j]] = torch.from_numpy(np.array(ep["mu"], np.float32))
+        # the last observation has no action after it; padded steps (never kept) get zeros
+        act = torch.zeros(b, max(longest - 1, 0), world_model.action_dim)  # (b, T, A)
+        for j, ep in enumerate(chunk):
+            if lengths[j] > 1:
+                a = world_model.encode_action(torch.from_numpy(np.array(ep["action"])))
+                act[j, : lengths[j] - 1] = a.cpu()
+        state = world_model.initial_state(b)
+        hs, cs = [state["h"]], [state["c"]]  # memory before observation t
+        for t in range(longest - 1):
+            a = act[:, t].to(dev)  # (b, A)
+            out = world_model.mdnrnn.step(
+                mu[:, t].to(dev), a, (state["h"].unsqueeze(0), state["c"].unsqueeze(0))
+            )
+            state = {"h": out.hidden[0][0], "c": out.hidden[1][0]}
+            hs.append(state["h"])
+            cs.append(state["c"])
+        h_all, c_all = torch.stack(hs, 1).cpu(), torch.stack(cs, 1).cpu()  # (b, T+1, H)
+        for j, ep in enumerate(chunk):
+            n = lengths[j]
+            rows["mu"].append(mu[j, :n])
+            rows["logvar"].append(torch.from_numpy(np.array(ep["logvar"], np.float32)))
+            rows["h"].append(h_all[j, :n])
+            rows["c"].append(c_all[j, :n])
+    bank = {key: torch.cat(value).float() for key, value in rows.items()}
+    n = bank["mu"].shape[0]
+    if max_rows is not None and n > max_rows:
+        keep = torch.linspace(0, n - 1, max_rows).round().long()
+        bank = {key: value[keep] for key, value in bank.items()}
+    return {key: value.contiguous() for key, value in bank.items()}
+
+
 def check_start_latents(start: StartLatents) -> int:
     """Validate a start bank (non-empty, every tensor with the same number of rows N); return N."""
     if not start:
@@ -386,6 +470,7 @@ __all__ = [
     "WorldModel",
     "check_start_latents",
     "index_state",
+    "memory_start_latents",
     "select_state",
     "start_latents_from_store",
 ]
