@@ -125,3 +125,33 @@ def test_latents_train_the_mdnrnn_end_to_end(obs_store: EpisodeStore, tmp_path: 
     result = fit(model, stream, cfg, tmp_path / "mdnrnn", total_steps=4, stage="mdnrnn")
     assert result.step == 4 and "mdnrnn/train/nll" in result.metrics
     assert (tmp_path / "mdnrnn" / "model.safetensors").is_file()
+
+
+def test_sequence_batches_sample_several_stores_by_their_steps(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    vae = VAE(TINY_VAE)
+    small = encode_store(
+        vae, make_obs_store(tmp_path / "a", [6, 6]), tmp_path / "la", progress=False
+    )
+    # a first episode of another length sends the frames' generator elsewhere: no shared frames
+    big = encode_store(
+        vae, make_obs_store(tmp_path / "b", [3] + [6] * 6), tmp_path / "lb", progress=False
+    )
+    single = sequence_batches(small, seq_len=3, batch_size=4, seed=1)
+    both = sequence_batches([small, big], seq_len=3, batch_size=64, seed=1)
+    assert both.steps_per_epoch == (  # type: ignore[attr-defined]
+        sequence_batches(small, 3, 64).steps_per_epoch  # type: ignore[attr-defined]
+        + sequence_batches(big, 3, 64).steps_per_epoch  # type: ignore[attr-defined]
+    )
+    # a list of one store is the same stream as the store itself
+    alone = sequence_batches([small], seq_len=3, batch_size=4, seed=1)
+    np.testing.assert_array_equal(next(single(7))["mu"], next(alone(7))["mu"])
+    small_mu = {row.tobytes() for i in small.indices for row in small.episode(i)["mu"]}
+    from_small = []
+    for batch in itertools.islice(both(0), 10):
+        assert batch["mu"].shape == (64, 4, 4) and batch["action"].shape == (64, 3)
+        from_small += [w[0].tobytes() in small_mu for w in batch["mu"]]
+    # 2 of 8 equal episodes are in the small store: a quarter of the windows
+    assert 0.15 < np.mean(from_small) < 0.35
+    # resumable: batch s depends only on (seed, s)
+    np.testing.assert_array_equal(next(both(4))["mu"], list(itertools.islice(both(0), 5))[4]["mu"])

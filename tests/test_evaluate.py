@@ -54,3 +54,57 @@ def test_bad_episode_count_is_refused() -> None:
         evaluate_policy(
             lambda: make_env("catch"), make_policy("random", make_env("catch").action_space), 0
         )
+
+
+def test_played_episodes_are_handed_over_whole_and_replay_exactly() -> None:
+    env = make_env("catch")
+    kept: dict[int, dict[str, np.ndarray]] = {}
+    result = evaluate_policy(
+        lambda: make_env("catch"),
+        make_policy("random", env.action_space, seed=1),
+        0,
+        seed=50,
+        num_envs=2,
+        record=False,
+        progress=False,
+        indices=[4, 1, 7],
+        on_episode=lambda i, ep: kept.__setitem__(i, ep),
+    )
+    assert sorted(kept) == [1, 4, 7] and result.episodes == 3
+    for k, (i, ep) in enumerate(sorted(kept.items(), key=lambda kv: [4, 1, 7].index(kv[0]))):
+        t = len(ep["action"])
+        assert ep["obs"].shape == (t + 1, 64, 64, 3) and ep["action"].shape == (t, 1)
+        assert ep["reward"].dtype == np.float32 and ep["terminated"][-1]
+        assert float(ep["reward"].sum()) == result.returns[k] and t == result.lengths[k]
+        # episode i was reset with seed + i: replaying its actions gives the same frames
+        obs, _ = env.reset(seed=50 + i)
+        np.testing.assert_array_equal(obs, ep["obs"][0])
+        for step, action in enumerate(ep["action"]):
+            obs, *_ = env.step(action)
+            np.testing.assert_array_equal(obs, ep["obs"][step + 1])
+
+
+def test_noisy_policy_explores_around_the_wrapped_policy() -> None:
+    from gymnasium import spaces
+
+    from dreamlab.envs import NoisyPolicy
+
+    env = make_env("catch")
+    expert = make_policy("expert", env.action_space)
+    obs = np.stack([env.reset(seed=s)[0] for s in range(400)])
+    start = np.ones(len(obs), bool)
+    clean, _ = expert.predict(obs, None, start)
+    same, _ = NoisyPolicy(expert, env.action_space, 0.0).predict(obs, None, start)
+    np.testing.assert_array_equal(same, clean)
+    noisy, _ = NoisyPolicy(expert, env.action_space, 0.3, seed=0).predict(obs, None, start)
+    assert noisy.shape == clean.shape and np.all(np.abs(noisy) <= 1.0)
+    unclipped = np.abs(clean) < 0.5
+    assert 0.2 < np.std((noisy - clean)[unclipped]) < 0.4  # 0.3 of the half-range 1
+    space = spaces.Discrete(3)
+    discrete = make_policy("expert", space)
+    base, _ = discrete.predict(obs, None, start)
+    swapped, _ = NoisyPolicy(discrete, space, 0.3, seed=0).predict(obs, None, start)
+    # a random action replaces 30 %, and a third of those happen to agree
+    assert 0.12 < np.mean(swapped != base) < 0.28
+    with pytest.raises(ValueError, match="noise"):
+        NoisyPolicy(expert, env.action_space, 1.5)

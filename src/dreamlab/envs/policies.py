@@ -97,6 +97,48 @@ class RandomPolicy:
         return self.sample(n), None
 
 
+class NoisyPolicy:
+    """Another policy's actions with exploration noise: the agent's own play, a little wider.
+
+    Box actions get Gaussian noise of ``noise`` times the half-range of each dimension, clipped
+    to the bounds; Discrete actions are replaced by a uniform one with probability ``noise``.
+    Used to collect the agent's own experience for the next round of world-model training (the
+    paper's iterative procedure).
+
+    Args:
+        policy: any batched SB3-shaped policy.
+        action_space: its action space (a bounded 1-D ``Box`` or a ``Discrete``).
+        noise: noise scale (Box) or random-action probability (Discrete), in ``[0, 1]``.
+        seed: seeds the noise.
+    """
+
+    def __init__(
+        self, policy: Policy, action_space: spaces.Space[Any], noise: float, seed: int = 0
+    ) -> None:
+        _check_action_space(action_space, "NoisyPolicy")
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"NoisyPolicy: noise must be in [0, 1], got {noise}")
+        self.policy = policy
+        self.noise = float(noise)
+        self.random = RandomPolicy(action_space, seed)
+        self.rng = np.random.default_rng([seed, 1])
+
+    def predict(
+        self, obs: np.ndarray, state: Any = None, episode_start: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Any]:
+        """The wrapped policy's actions ``(N, *action_shape)`` with noise; its state passes."""
+        actions, state = self.policy.predict(obs, state, episode_start)
+        space = self.random.action_space
+        if isinstance(space, spaces.Discrete):
+            n = len(actions)
+            swap = self.rng.random(n) < self.noise  # (N,)
+            return np.where(swap, self.random.sample(n), actions), state
+        assert isinstance(space, spaces.Box)
+        half = (space.high - space.low) / 2.0  # (A,)
+        noisy = actions + self.noise * half * self.rng.standard_normal(np.shape(actions))
+        return np.clip(noisy, space.low, space.high).astype(space.dtype), state
+
+
 class BrownianPolicy:
     """A smoothed random walk: ``a_{t+1} = clip(a_t + drift + sigma * half_range * eps)``.
 

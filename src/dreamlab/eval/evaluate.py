@@ -9,7 +9,7 @@ Episodes run in lockstep slots: one batched ``predict`` call per step for every 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,6 +78,9 @@ def evaluate_policy(
     num_envs: int = 16,
     record: bool = True,
     progress: bool = True,
+    indices: Sequence[int] | None = None,
+    on_episode: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    desc: str = "evaluate",
 ) -> EvalResult:
     """Play ``episodes`` episodes of ``policy`` in fresh environments from ``make_env``.
 
@@ -89,12 +92,22 @@ def evaluate_policy(
             not depend on ``num_envs``.
         num_envs: lockstep slots (one batched ``predict`` per step).
         record: keep the frames of the best and worst episode.
+        indices: play these episode numbers (seeds ``seed + i``) instead of ``0..episodes-1``
+            (``episodes`` is then ignored): a resumed collection plays only what is missing.
+        on_episode: called as each episode ends with its number and the whole episode in the
+            store's layout (``obs (T+1, H, W, 3)``, ``action (T, ...)``, ``reward``,
+            ``terminated``, ``truncated (T,)``), e.g. to save the agent's own experience.
+        desc: the progress bar's label.
 
     Returns:
-        The per-episode returns, lengths and (for Catch) caught/missed counts.
+        The per-episode returns, lengths and (for Catch) caught/missed counts, in the order of
+        ``indices`` (or ``0..episodes-1``).
     """
+    numbers = list(range(episodes)) if indices is None else [int(i) for i in indices]
+    episodes = len(numbers)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    keep_frames = record or on_episode is not None
     num_envs = max(1, min(num_envs, episodes))
     envs = [make_env() for _ in range(num_envs)]
     returns = np.full(episodes, np.nan)
@@ -108,6 +121,7 @@ def evaluate_policy(
     slot_episode = np.full(num_envs, -1)
     slot_return = np.zeros(num_envs)
     slot_frames: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
+    slot_steps: list[list[tuple[Any, float, bool, bool]]] = [[] for _ in range(num_envs)]
     obs = [None] * num_envs
     episode_start = np.ones(num_envs, dtype=bool)
 
@@ -117,9 +131,10 @@ def evaluate_policy(
             slot_episode[slot] = -1
             return
         slot_episode[slot] = next_episode
-        obs[slot], _ = envs[slot].reset(seed=seed + next_episode)
+        obs[slot], _ = envs[slot].reset(seed=seed + numbers[next_episode])
         slot_return[slot] = 0.0
-        slot_frames[slot] = [obs[slot]] if record else []
+        slot_frames[slot] = [obs[slot]] if keep_frames else []
+        slot_steps[slot] = []
         episode_start[slot] = True
         next_episode += 1
 
@@ -127,7 +142,7 @@ def evaluate_policy(
         start(slot)
     state: Any = None
     t0 = time.perf_counter()
-    bar = tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress, leave=False)
+    bar = tqdm(total=episodes, desc=desc, unit="ep", disable=not progress, leave=False)
     try:
         while (slot_episode >= 0).any():
             # Finished slots keep stepping the policy on their last frame so that the batch (and a
@@ -143,12 +158,26 @@ def evaluate_policy(
                 obs[slot], reward, terminated, truncated, info = envs[slot].step(action)
                 slot_return[slot] += float(reward)
                 lengths[ep] += 1
-                if record:
+                if keep_frames:
                     slot_frames[slot].append(obs[slot])
+                if on_episode is not None:
+                    slot_steps[slot].append((action, float(reward), terminated, truncated))
                 if terminated or truncated:
                     returns[ep] = slot_return[slot]
                     caught[ep] = int(info.get("caught", 0))
                     missed[ep] = int(info.get("missed", 0))
+                    if on_episode is not None:
+                        acts, rews, terms, truncs = zip(*slot_steps[slot], strict=True)
+                        on_episode(
+                            numbers[ep],
+                            {
+                                "obs": np.stack(slot_frames[slot]),
+                                "action": np.stack([np.asarray(a) for a in acts]),
+                                "reward": np.asarray(rews, np.float32),
+                                "terminated": np.asarray(terms, bool),
+                                "truncated": np.asarray(truncs, bool),
+                            },
+                        )
                     if record:
                         if slot_return[slot] > best[0]:
                             best = (slot_return[slot], np.stack(slot_frames[slot]))

@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -224,7 +224,7 @@ def frame_batches(
 
 
 def sequence_batches(
-    store: EpisodeStore,
+    store: EpisodeStore | Sequence[EpisodeStore],
     seq_len: int,
     batch_size: int,
     seed: int = 0,
@@ -240,21 +240,37 @@ def sequence_batches(
     ``terminated`` is true) are seen about as often as other steps (see
     :class:`~dreamlab.data.sampling.SequenceSampler`).
 
+    Several stores (e.g. random play and the agent's own play) are sampled as one: each window
+    comes from a store with probability proportional to the steps it holds.
+
     Returns:
         ``start_step -> iterator`` for :func:`fit`; ``.steps_per_epoch`` holds batches per pass.
     """
-    sampler = SequenceSampler(
-        store, seq_len, batch_size, seed=seed, keys=keys, cover_ends=cover_ends
-    )
+    stores = list(store) if isinstance(store, list | tuple) else [store]
+    if not stores:
+        raise ValueError("sequence_batches: no stores given")
+    samplers = [
+        SequenceSampler(s, seq_len, batch_size, seed=seed, keys=keys, cover_ends=cover_ends)
+        for s in stores
+    ]
+    weights = np.array([s.eligible_steps for s in samplers], np.float64)
+    weights /= weights.sum()
 
     def stream(start_step: int) -> Iterator[Batch]:
         step = start_step
         while True:
-            ids = sampler.draw(np.random.default_rng([seed, step]), batch_size)
+            rng = np.random.default_rng([seed, step])
             step += 1
-            yield sampler.gather(ids)
+            if len(samplers) == 1:
+                yield samplers[0].gather(samplers[0].draw(rng, batch_size))
+                continue
+            counts = rng.multinomial(batch_size, weights)  # windows per store
+            parts = [
+                s.gather(s.draw(rng, int(k))) for s, k in zip(samplers, counts, strict=True) if k
+            ]
+            yield {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
-    stream.steps_per_epoch = len(sampler)  # type: ignore[attr-defined]
+    stream.steps_per_epoch = sum(len(s) for s in samplers)  # type: ignore[attr-defined]
     return stream
 
 
