@@ -43,11 +43,11 @@ def demos32(tmp_path_factory: pytest.TempPathFactory) -> EpisodeStore:
 
 @pytest.fixture(scope="module")
 def debug_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A catch-debug pipeline run with V, M and C (learns nothing; exercises the plumbing)."""
+    """A catch-debug pipeline run with V, M and C, round 0 and the last (learns nothing)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("runs") / "debug"
-    run_pipeline(PipelineConfig(run=path, preset="catch-debug", until="controller", progress=False))
+    run_pipeline(PipelineConfig(run=path, preset="catch-debug", until="iterate", progress=False))
     torch.set_num_threads(before)
     return path
 

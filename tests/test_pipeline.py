@@ -38,6 +38,11 @@ def test_pipeline_writes_every_artifact(debug_run: Path) -> None:
         "controller/model.safetensors",
         "controller/cma_state.safetensors",
         "controller_vonly/model.safetensors",
+        # catch iterates once: round 0's M and C, and the episodes that C played
+        "rounds/0/mdnrnn/model.safetensors",
+        "rounds/0/controller/model.safetensors",
+        "rounds/0/data/store.json",
+        "rounds/0/latents/store.json",
         "eval.json",
         "dream_vs_real.mp4",
         "dream_vs_real.gif",
@@ -49,7 +54,13 @@ def test_pipeline_writes_every_artifact(debug_run: Path) -> None:
     ev = json.loads((debug_run / "eval.json").read_text())
     for key in ("env", "episodes", "mean_return", "std_return", "catch_rate"):
         assert key in ev
-    assert set(ev["agents"]) >= {"random", "expert", "controller", "controller_vonly"}
+    assert set(ev["agents"]) >= {
+        "random",
+        "expert",
+        "controller_round0",
+        "controller",
+        "controller_vonly",
+    }
     assert ev["agents"]["expert"]["catch_rate"] > 0.9
     report = (debug_run / "report.md").read_text()
     assert "Scores in the real environment" in report
@@ -61,7 +72,7 @@ def test_pipeline_writes_every_artifact(debug_run: Path) -> None:
 
 def test_controllers_read_standardized_features_measured_in_the_dream(debug_run: Path) -> None:
     run = Run.open(debug_run)
-    assert run.config.controller_normalize and run.config.dream_starts == "all"  # from `catch`
+    assert run.config.controller_normalize and run.config.dream_starts == "memory"  # `catch`
     for name, size in (("controller", run.world_model("zh").feature_dim), ("controller_vonly", 32)):
         cfg = run.controller(name).config
         assert cfg.normalizes_inputs and len(cfg.input_std) == cfg.feature_dim == size, name
@@ -177,3 +188,90 @@ def test_raced_restarts_continue_the_best_seed_and_resume(debug_run: Path) -> No
         EvolveConfig(restarts=2, eval_every=0)
     with pytest.raises(ValueError, match="restart_generations"):
         EvolveConfig(generations=10, restarts=2, restart_generations=11)
+
+
+def test_iterating_fine_tunes_m_on_the_controllers_own_play(debug_run: Path) -> None:
+    import torch
+
+    from dreamlab.data.store import EpisodeStore
+    from dreamlab.pipeline import dream_start_bank, stage_explore
+    from dreamlab.train.fit import sequence_batches
+
+    run = Run.open(debug_run)
+    cfg = run.config
+    assert cfg.iterations == 1
+    played = EpisodeStore.open(debug_run / "rounds/0/data")
+    assert len(played) == cfg.iterate_episodes
+    assert played.meta.extra["collect"]["policy"].startswith("controller of round 0")
+    # the last M began as round 0's and learned the episodes round 0's C played
+    latents = EpisodeStore.open(debug_run / "rounds/0/latents")
+    batch = next(sequence_batches(latents, cfg.seq_len, 16, seed=9)(0))
+    losses = []
+    for model in (run.mdnrnn(0), run.mdnrnn()):
+        torch.manual_seed(0)  # the same z resampled for both
+        with torch.no_grad():
+            losses.append(float(model.compute_loss(batch)[0]))
+    assert losses[1] < losses[0], losses
+    trainer = json.loads((debug_run / "mdnrnn/trainer.json").read_text())
+    assert trainer["train_config"]["epochs"] == cfg.iterate_epochs
+    # the last C's dreams start from every real frame: random play and C's own
+    bank = dream_start_bank(run, run.world_model())
+    assert bank["h"].shape[0] == run.data().num_frames + played.num_frames
+    assert "C of round 0 (its M saw random play only)" in (debug_run / "report.md").read_text()
+    # a lost episode is played again, the others are kept
+    victim = played.episode_path(played.indices[-1])
+    kept = {p: p.stat().st_mtime_ns for p in (debug_run / "rounds/0/data/episodes").iterdir()}
+    victim.unlink()
+    (latents.episode_path(latents.indices[-1])).unlink()
+    stage_explore(run, 0, progress=False)
+    again = {p: p.stat().st_mtime_ns for p in (debug_run / "rounds/0/data/episodes").iterdir()}
+    assert set(again) == set(kept) and victim.exists()
+    assert all(again[p] == t for p, t in kept.items() if p != victim)
+    assert len(EpisodeStore.open(debug_run / "rounds/0/latents")) == cfg.iterate_episodes
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("iterations", -1, "iterations must be >= 0"),
+        ("iterate_noise", 2.0, "iterate_noise"),
+        ("iterate_epochs", 0.0, "iterate_epochs"),
+        ("iterate_episodes", 0, "iterate_episodes"),
+    ],
+)
+def test_bad_iteration_settings_are_refused(
+    tmp_path: Path, field: str, value: float, message: str
+) -> None:
+    from dreamlab.pipeline import stage_first_controller
+
+    run = Run.open(tmp_path / "r", "catch-debug")
+    setattr(run.config, field, value)
+    with pytest.raises(RunError, match=message):
+        stage_first_controller(run)
+
+
+def test_iterations_are_chosen_when_the_run_is_made(tmp_path: Path) -> None:
+    path = tmp_path / "plain"
+    until = "controller"
+    run_pipeline(
+        PipelineConfig(run=path, preset="catch-debug", iterations=0, until=until, progress=False)
+    )
+    assert Run.open(path).config.iterations == 0
+    assert (path / "mdnrnn/model.safetensors").exists()
+    assert (path / "controller/model.safetensors").exists() and not (path / "rounds").exists()
+    with pytest.raises(RunError, match="iterations=0"):
+        run_pipeline(PipelineConfig(run=path, preset="catch-debug", iterations=1, progress=False))
+    with pytest.raises(RunError, match="--iterations must be >= 0"):
+        run_pipeline(PipelineConfig(run=tmp_path / "bad", preset="catch-debug", iterations=-1))
+
+
+def test_dream_precision_resolves_auto_by_hardware() -> None:
+    import torch
+
+    from dreamlab.pipeline import dream_precision
+
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert dream_precision("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert dream_precision("float32") == "float32" and dream_precision("bfloat16") == "bfloat16"
+    with pytest.raises(RunError, match="dream_precision"):
+        dream_precision("float8")  # type: ignore[arg-type]

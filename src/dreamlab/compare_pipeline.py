@@ -78,6 +78,8 @@ def scaled_run_config(ctx: CompareContext, frame_size: int) -> RunConfig:
         tensorboard=False,
     )
     cfg.vonly_ablation = False
+    # every generation learns from the same shared episodes: no extra real play of its own
+    cfg.iterations = 0
     return cfg
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,35 @@ AGENT_NAMES = {
 }
 
 
+def controller_round(agent: str) -> int | None:
+    """The round of an earlier round's C (``controller_roundR``), else None."""
+    match = re.fullmatch(r"controller_round(\d+)", agent)
+    return int(match.group(1)) if match else None
+
+
+def controller_path(agent: str) -> str:
+    """The directory of a controller agent in its run: ``controller_roundR`` lives in
+    ``rounds/R/controller`` (the iterative procedure), every other under its own name."""
+    r = controller_round(agent)
+    return agent if r is None else f"rounds/{r}/controller"
+
+
+def agent_label(agent: str) -> str:
+    """How the report names an agent."""
+    r = controller_round(agent)
+    if r is None:
+        return AGENT_NAMES.get(agent, agent)
+    seen = "random play only" if r == 0 else f"random play + {r} round(s) of C's play"
+    return f"C of round {r} (its M saw {seen})"
+
+
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
 def _dream_score(run_path: Path, name: str) -> float | None:
     """The controller's last many-rollout score in the dream (its training fitness if none)."""
-    records = read_jsonl(run_path / name / "metrics.jsonl")
+    records = read_jsonl(run_path / controller_path(name) / "metrics.jsonl")
     evals = [r["controller/eval/return"] for r in records if "controller/eval/return" in r]
     if evals:
         return float(evals[-1])
@@ -36,7 +59,7 @@ def _dream_score(run_path: Path, name: str) -> float | None:
 
 def plot_evolution(run_path: Path, names: list[str], out: Path) -> bool:
     """CMA-ES curves: best/mean fitness in the dream, and real-env checks, per generation."""
-    series = {n: read_jsonl(run_path / n / "metrics.jsonl") for n in names}
+    series = {n: read_jsonl(run_path / controller_path(n) / "metrics.jsonl") for n in names}
     series = {n: r for n, r in series.items() if r}
     if not series:
         return False
@@ -57,7 +80,7 @@ def plot_evolution(run_path: Path, names: list[str], out: Path) -> bool:
             pts = [(r["generation"], r[key]) for r in records if key in r]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker, label=label)
-        ax.set_title(AGENT_NAMES.get(name, name), fontsize=9)
+        ax.set_title(agent_label(name), fontsize=9)
         ax.set_xlabel("generation")
         ax.set_ylabel("return")
         ax.grid(alpha=0.3)
@@ -94,7 +117,7 @@ def write_report(run: Any) -> Path:
         lines += [head, sep]
         for name, a in agents.items():
             row = (
-                f"| {AGENT_NAMES.get(name, name)} | {a['episodes']} | "
+                f"| {agent_label(name)} | {a['episodes']} | "
                 f"{a['mean_return']:.2f} ± {a['std_return']:.2f} |"
             )
             if has_catch:
@@ -116,13 +139,22 @@ def write_report(run: Any) -> Path:
                 + ", ".join(f"[{v}]({v})" for v in videos),
                 "",
             ]
-    names = [n for n in ("controller", "controller_vonly") if (root / n / "metrics.jsonl").exists()]
+    rounds = [f"controller_round{r}" for r in range(getattr(cfg, "iterations", 0))]
+    names = [
+        n
+        for n in (*rounds, "controller", "controller_vonly")
+        if (root / controller_path(n) / "metrics.jsonl").exists()
+    ]
     curves = []
     if plot_evolution(root, names, root / "evolution.png"):
         curves.append(("CMA-ES in the dream", "evolution.png"))
-    for stage in ("vae", "mdnrnn"):
+    iterations = getattr(cfg, "iterations", 0)
+    stages = [("vae", "vae training")]
+    stages += [(f"rounds/{r}/mdnrnn", f"mdnrnn training, round {r}") for r in range(iterations)]
+    stages.append(("mdnrnn", "mdnrnn fine-tuning, last round" if iterations else "mdnrnn training"))
+    for stage, title in stages:
         if (root / stage / "curves.png").exists():
-            curves.append((f"{stage} training", f"{stage}/curves.png"))
+            curves.append((title, f"{stage}/curves.png"))
     if curves:
         lines += ["## Learning curves", ""]
         lines += [f"![{title}]({path})" for title, path in curves]
