@@ -367,12 +367,17 @@ def start_latents_from_store(
             logvars.append(np.asarray(ep["logvar"], np.float32))
     if not mus:
         raise ValueError(f"{getattr(store, 'path', 'latent store')}: holds no episodes")
-    mu = np.concatenate(mus)  # (N, Z)
-    logvar = np.concatenate(logvars)  # (N, Z)
-    if max_rows is not None and len(mu) > max_rows:
-        keep = np.linspace(0, len(mu) - 1, max_rows).round().astype(np.int64)
-        mu, logvar = mu[keep], logvar[keep]
-    return {"mu": torch.from_numpy(mu.copy()), "logvar": torch.from_numpy(logvar.copy())}
+    bank = {"mu": np.concatenate(mus), "logvar": np.concatenate(logvars)}  # (N, Z) each
+    return {key: torch.from_numpy(value.copy()) for key, value in _thin(bank, max_rows).items()}
+
+
+def _thin(bank: dict[str, Any], max_rows: int | None) -> dict[str, Any]:
+    """At most ``max_rows`` rows of every array of a start bank, evenly spaced."""
+    n = len(next(iter(bank.values())))
+    if max_rows is None or n <= max_rows:
+        return bank
+    keep = np.linspace(0, n - 1, max_rows).round().astype(np.int64)
+    return {key: value[keep] for key, value in bank.items()}
 
 
 @torch.inference_mode()
@@ -414,11 +419,10 @@ def memory_start_latents(
         longest = max(lengths)
         b, z_dim = len(chunk), world_model.z_dim
         mu = torch.zeros(b, longest, z_dim)  # (b, T+1, Z)
-        for j, ep in enumerate(chunk):
-            mu[j, : lengths[j]] = torch.from_numpy(np.array(ep["mu"], np.float32))
         # the last observation has no action after it; padded steps (never kept) get zeros
         act = torch.zeros(b, max(longest - 1, 0), world_model.action_dim)  # (b, T, A)
         for j, ep in enumerate(chunk):
+            mu[j, : lengths[j]] = torch.from_numpy(np.array(ep["mu"], np.float32))
             if lengths[j] > 1:
                 a = world_model.encode_action(torch.from_numpy(np.array(ep["action"])))
                 act[j, : lengths[j] - 1] = a.cpu()
@@ -439,11 +443,7 @@ def memory_start_latents(
             rows["logvar"].append(torch.from_numpy(np.array(ep["logvar"], np.float32)))
             rows["h"].append(h_all[j, :n])
             rows["c"].append(c_all[j, :n])
-    bank = {key: torch.cat(value).float() for key, value in rows.items()}
-    n = bank["mu"].shape[0]
-    if max_rows is not None and n > max_rows:
-        keep = torch.linspace(0, n - 1, max_rows).round().long()
-        bank = {key: value[keep] for key, value in bank.items()}
+    bank = _thin({key: torch.cat(value).float() for key, value in rows.items()}, max_rows)
     return {key: value.contiguous() for key, value in bank.items()}
 
 

@@ -139,7 +139,8 @@ def write_report(run: Any) -> Path:
                 + ", ".join(f"[{v}]({v})" for v in videos),
                 "",
             ]
-    rounds = [f"controller_round{r}" for r in range(getattr(cfg, "iterations", 0))]
+    iterations = getattr(cfg, "iterations", 0)
+    rounds = [f"controller_round{r}" for r in range(iterations)]
     names = [
         n
         for n in (*rounds, "controller", "controller_vonly")
@@ -148,7 +149,6 @@ def write_report(run: Any) -> Path:
     curves = []
     if plot_evolution(root, names, root / "evolution.png"):
         curves.append(("CMA-ES in the dream", "evolution.png"))
-    iterations = getattr(cfg, "iterations", 0)
     stages = [("vae", "vae training")]
     stages += [(f"rounds/{r}/mdnrnn", f"mdnrnn training, round {r}") for r in range(iterations)]
     stages.append(("mdnrnn", "mdnrnn fine-tuning, last round" if iterations else "mdnrnn training"))
