@@ -1,11 +1,69 @@
-"""Shared test fixtures."""
+"""Shared test fixtures: every test runs deterministically, learning tests on a chosen seed.
+
+Every test starts with the global RNGs (``random``, NumPy's legacy one, torch) seeded, one torch
+thread (a reduction's result depends on how many threads split it) and
+``torch.use_deterministic_algorithms(True)``: the same checkout on the same CPU gives the same
+numbers every run.
+
+Learning tests (``@pytest.mark.learning``) train a model and hold it to a threshold. They take
+their seeds from the ``seed`` fixture (``$DREAMLAB_TEST_SEED``, default 0) and compare through
+``check``. ``benchmarks/seed_spread.py`` runs them over many seeds with
+``$DREAMLAB_SPREAD_FILE`` set: ``check`` then records each value instead of failing, and the
+script reports every threshold against the spread of its values (BENCHMARKS.md).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import operator
+import os
+import random
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import pytest
 import torch
+
+SEED_ENV = "DREAMLAB_TEST_SEED"
+SPREAD_ENV = "DREAMLAB_SPREAD_FILE"
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+
+
+def _seed() -> int:
+    raw = os.environ.get(SEED_ENV, "0")
+    try:
+        return int(raw)
+    except ValueError:
+        raise pytest.UsageError(f"${SEED_ENV} must be an integer, got {raw!r}") from None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _deterministic_session() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rngs() -> None:
+    seed = _seed()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@pytest.fixture(scope="session")
+def seed() -> int:
+    """Seed of the learning tests: ``$DREAMLAB_TEST_SEED`` (default 0)."""
+    return _seed()
 
 
 @pytest.fixture
@@ -15,3 +73,36 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+Check = Callable[..., None]
+
+
+@pytest.fixture
+def check(request: pytest.FixtureRequest) -> Check:
+    """``check(name, value, op, bound)`` asserts ``value op bound`` (op one of > >= < <=).
+
+    With ``$DREAMLAB_SPREAD_FILE`` set it appends ``{test, name, seed, value, op, bound}`` to
+    that JSON-lines file and does not fail, so a seed sweep sees every value.
+    """
+    spread = os.environ.get(SPREAD_ENV)
+
+    def _check(name: str, value: float, op: str, bound: float, detail: object = "") -> None:
+        value = float(value)
+        ok = _OPS[op](value, bound)
+        if spread:
+            record = {
+                "test": request.node.nodeid,
+                "name": name,
+                "seed": _seed(),
+                "value": value,
+                "op": op,
+                "bound": bound,
+                "ok": ok,
+            }
+            with open(spread, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            return
+        assert ok, f"{name}: {value:.6g} is not {op} {bound:.6g} {detail}"
+
+    return _check

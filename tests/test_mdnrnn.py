@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import torch
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig, mixture_nll
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+Check = Callable[..., None]  # the check fixture (conftest.py)
 
 
 def linear_dynamics(n: int, steps: int = 10, z_dim: int = 3, seed: int = 0, noise: float = 0.05):
@@ -173,10 +176,13 @@ def test_resample_z_draws_from_the_posterior_or_uses_its_mean() -> None:
     assert sampled.compute_loss(batch)[1]["nll"] != sampled.compute_loss(batch)[1]["nll"]
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("shared", [False, True])
-def test_mdnrnn_learns_linear_dynamics_reward_and_termination(shared: bool) -> None:
-    torch.manual_seed(0)
-    train = linear_dynamics(512)
+def test_mdnrnn_learns_linear_dynamics_reward_and_termination(
+    shared: bool, seed: int, check: Check
+) -> None:
+    torch.manual_seed(seed)
+    train = linear_dynamics(512, seed=seed)
     cfg = MDNRNNConfig(
         z_dim=3,
         action_dim=1,
@@ -187,7 +193,7 @@ def test_mdnrnn_learns_linear_dynamics_reward_and_termination(shared: bool) -> N
     )
     model = MDNRNN(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)
     for _ in range(400):
         idx = rng.integers(0, 512, 64)
         loss, _ = model.compute_loss(to_tensors({k: v[idx] for k, v in train.items()}))
@@ -195,7 +201,7 @@ def test_mdnrnn_learns_linear_dynamics_reward_and_termination(shared: bool) -> N
         loss.backward()
         opt.step()
 
-    test = to_tensors(linear_dynamics(128, seed=5))
+    test = to_tensors(linear_dynamics(128, seed=seed + 5))
     model.eval()
     with torch.no_grad():
         _, metrics = model.compute_loss(test)
@@ -206,10 +212,10 @@ def test_mdnrnn_learns_linear_dynamics_reward_and_termination(shared: bool) -> N
     persistence_mse = float(((z[:, :-1] - target) ** 2).mean())
     # NLL per dim of the best Gaussian centred on z_t (the "nothing moves" model).
     persistence_nll = 0.5 * math.log(2 * math.pi * persistence_mse) + 0.5
-    assert metrics["nll"] < persistence_nll - 1.0, (metrics["nll"], persistence_nll)
-    assert float(((mode - target) ** 2).mean()) < 0.2 * persistence_mse
-    assert metrics["reward"] < 0.05 * float(test["reward"].var())
+    check("nll - persistence nll", metrics["nll"] - persistence_nll, "<", -1.0)
+    check("mode mse / persistence mse", ((mode - target) ** 2).mean() / persistence_mse, "<", 0.2)
+    check("reward mse / variance", metrics["reward"] / float(test["reward"].var()), "<", 0.05)
     pred = out.termination_logit > 0
     truth = test["terminated"]
-    assert float(pred[truth].float().mean()) > 0.9
-    assert float((~pred[~truth]).float().mean()) > 0.9
+    check("termination recall", pred[truth].float().mean(), ">", 0.9)
+    check("non-termination recall", (~pred[~truth]).float().mean(), ">", 0.9)

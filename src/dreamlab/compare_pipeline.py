@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from dreamlab.data.store import EpisodeStore
 from dreamlab.eval.contender import CompareContext, Contender
@@ -39,6 +38,7 @@ from dreamlab.pipeline import (
     stage_mdnrnn,
     stage_vae,
 )
+from dreamlab.progress import tqdm
 from dreamlab.train.fit import TrainConfig
 
 __all__ = ["build_rssm", "build_vmc", "num_params", "scaled_run_config", "train_rssm_offline"]

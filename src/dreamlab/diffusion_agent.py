@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from dreamlab.agent import predict_inputs
 from dreamlab.checkpoint import (
@@ -64,6 +63,7 @@ from dreamlab.io import (
     read_jsonl,
 )
 from dreamlab.models.qnet import QNet, QNetConfig
+from dreamlab.progress import tqdm
 from dreamlab.worldmodel import StartLatents, State
 
 __all__ = ["DiffusionAgent", "DreamQConfig", "DreamQResult", "train_in_dream"]

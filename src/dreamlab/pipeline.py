@@ -33,7 +33,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 import tyro
-from tqdm.auto import tqdm
 
 from dreamlab.checkpoint import config_from_dict, has_model, load_model, read_config
 from dreamlab.data.collect import CollectConfig, collect
@@ -49,6 +48,7 @@ from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
 from dreamlab.models.vae import VAE, VAEConfig
 from dreamlab.plan.mpc import PlannerAgent, PlannerConfig
+from dreamlab.progress import tqdm
 from dreamlab.train.encode import encode_store
 from dreamlab.train.evolve import EvolveConfig, evolve, make_evaluator
 from dreamlab.train.fit import TrainConfig, fit, frame_batches, sequence_batches
@@ -1209,6 +1209,9 @@ class PipelineConfig:
     iterations: int | None = None
     """rounds of the paper's iterative procedure (C plays, M is fine-tuned, C trains again);
     default: the preset's (catch: 1). Set when the run directory is created"""
+    seed: int | None = None
+    """seed of every stage, CMA-ES's included (default: the preset's, 0). Set when the run
+    directory is created"""
 
 
 def run_pipeline(cfg: PipelineConfig) -> Run | Path:
@@ -1235,6 +1238,15 @@ def run_pipeline(cfg: PipelineConfig) -> Run | Path:
                 "live where that number puts them, so use another --run directory"
             )
         run.config.iterations = cfg.iterations
+        run.save_config()
+    if cfg.seed is not None and cfg.seed != run.config.seed:
+        if not fresh:
+            raise RunError(
+                f"{run.path} was made with seed={run.config.seed}; a run directory holds one "
+                "seed's models, so use another --run directory"
+            )
+        run.config.seed = cfg.seed
+        run.config.evolve.seed = cfg.seed  # CMA-ES too: one --seed changes every stage
         run.save_config()
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("collect", lambda: stage_collect(run, cfg.progress)),

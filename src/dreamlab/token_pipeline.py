@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from dreamlab.checkpoint import (
     CheckpointError,
@@ -43,6 +42,7 @@ from dreamlab.models import frames_to_tensor
 from dreamlab.models.actor_critic import ActorCritic, ActorCriticConfig
 from dreamlab.models.tokens import TokenTransformer, token_transformer_preset
 from dreamlab.models.vq import VQTokenizer, vq_preset
+from dreamlab.progress import tqdm
 from dreamlab.token_worldmodel import TokenWorldModel, action_tokens, token_start_bank
 from dreamlab.train.fit import TrainConfig, fit, frame_batches
 from dreamlab.train.imagination import ImaginationConfig, lambda_returns

@@ -178,11 +178,10 @@ def run_compare(args: CompareArgs) -> dict[str, Any]:
         ValueError: ``RUN/compare.json`` was made with other settings, or a shift does not fit
             the env.
     """
-    from tqdm.auto import tqdm
-
     from dreamlab.envs.shift import make_shifted_env
     from dreamlab.eval.evaluate import evaluate_policy
     from dreamlab.pipeline import PipelineConfig, Run, run_pipeline
+    from dreamlab.progress import tqdm
 
     t0 = time.perf_counter()
     root = Path(args.run)

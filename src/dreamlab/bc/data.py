@@ -56,9 +56,9 @@ def record_demos(
         name: recorded as the episodes' ``policy`` and in the store's metadata.
     """
     from gymnasium import spaces
-    from tqdm.auto import tqdm
 
     from dreamlab.envs import make_env, preset_to_dict, resolve_preset
+    from dreamlab.progress import tqdm
 
     if episodes < 1:
         raise ValueError(f"record_demos: episodes={episodes}; expected >= 1")

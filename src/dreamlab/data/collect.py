@@ -359,7 +359,7 @@ def collect(cfg: CollectConfig) -> CollectSummary:
 
     new = 0
     if missing:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from dreamlab.progress import tqdm
 
         with tqdm(
             total=cfg.episodes,

@@ -35,7 +35,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import tyro
 from PIL import Image
-from tqdm.auto import tqdm
 
 from dreamlab.data.store import (
     STORE_FILE,
@@ -44,6 +43,7 @@ from dreamlab.data.store import (
     StoreMeta,
     describe_space,
 )
+from dreamlab.progress import tqdm
 
 __all__ = [
     "IMAGE_SUFFIXES",

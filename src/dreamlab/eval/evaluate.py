@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
-from tqdm.auto import tqdm
+
+from dreamlab.progress import tqdm
 
 
 class Policy(Protocol):

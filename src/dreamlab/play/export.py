@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from dreamlab.data.store import STORE_FILE
 from dreamlab.data.video_io import export_episodes
 from dreamlab.play.session import PlaySession
+from dreamlab.progress import tqdm
 
 __all__ = ["ExportVideoArgs", "dream_frames", "export_video"]
 

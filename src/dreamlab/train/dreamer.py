@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from dreamlab.checkpoint import (
     CheckpointError,
@@ -53,6 +52,7 @@ from dreamlab.dreamer_agent import DreamerAgent
 from dreamlab.io import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from dreamlab.models.actor_critic import ActorCritic, ActorCriticConfig
 from dreamlab.models.rssm import RSSM, RSSMConfig, rssm_preset
+from dreamlab.progress import tqdm
 from dreamlab.rssm_worldmodel import RSSMWorldModel
 from dreamlab.train.fit import TrainingDivergedError
 from dreamlab.train.imagination import ImaginationConfig, ImaginationTrainer

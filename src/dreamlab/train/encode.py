@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from dreamlab.checkpoint import IncompatibleModelError, check_vae_frames_compatible
 from dreamlab.data.store import EpisodeStore, StoreError, StoreMeta, latent_schema
 from dreamlab.models import frames_to_tensor
 from dreamlab.models.vae import VAE
+from dreamlab.progress import tqdm
 
 __all__ = ["LATENT_KIND", "encode_frames", "encode_store", "vae_fingerprint"]
 

@@ -39,11 +39,11 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as save_torch_file
-from tqdm.auto import tqdm
 
 from dreamlab.checkpoint import save_model
 from dreamlab.io import append_jsonl, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
 from dreamlab.models.controller import Controller
+from dreamlab.progress import tqdm
 from dreamlab.train.evaluators import (
     DreamEvaluator,
     Evaluator,

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from dreamlab.checkpoint import (
     CONFIG_FILE,
@@ -43,6 +42,7 @@ from dreamlab.checkpoint import (
 from dreamlab.data.sampling import FrameSampler, SequenceSampler
 from dreamlab.data.store import EpisodeStore
 from dreamlab.io import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from dreamlab.progress import tqdm
 from dreamlab.viz import plot_curves
 
 __all__ = [
