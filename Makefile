@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN ?= runs/demo
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup browser demo test test-slow lint bench clean
 
 # torch is pinned here (not in pyproject) because a CPU wheel of 2.13.0 lies on this machine's
 # disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -17,10 +17,14 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Debian's chromium + chromedriver for the play page's browser test (says why when it cannot)
+browser:
+	@sh scripts/install-browser.sh
+
 demo: setup
 	$(VENV)/bin/dreamlab pipeline --preset catch --run $(RUN)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 test-slow: setup

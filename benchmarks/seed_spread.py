@@ -5,7 +5,7 @@ Runs ``pytest -m learning`` once per seed with ``$DREAMLAB_TEST_SEED`` set and
 then records every value instead of failing. Each seed's records land in ``OUT/seed_S.jsonl``
 (written whole, then renamed), so a killed sweep resumes with the seeds it has not finished.
 
-    .venv/bin/python benchmarks/seed_spread.py --seeds 12 --out /tmp/seed-spread
+    .venv/bin/python benchmarks/seed_spread.py --seeds 12 --jobs 2 --out /tmp/seed-spread
 
 prints, per check, the bound and the min / median / max over the seeds, and how many seeds
 failed it: a threshold is sound when the worst seed clears it with room to spare.
@@ -20,10 +20,12 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+
+from dreamlab.progress import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
     parser.add_argument("--first", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/dreamlab-seed-spread"))
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (default 1)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. a file)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -89,9 +92,12 @@ def main() -> None:
         if not (args.out / f"seed_{s}.jsonl").exists()
     ]
     t0 = time.perf_counter()
-    for seed in tqdm(todo, desc="seeds", unit="seed", mininterval=5):
-        seconds = run_seed(seed, args.out, args.pytest_args)
-        tqdm.write(f"seed {seed}: {seconds:.0f} s")
+    # each pytest runs on one torch thread (tests/conftest.py): one seed per core
+    with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(todo), desc="seeds") as bar:
+        futures = {pool.submit(run_seed, s, args.out, args.pytest_args): s for s in todo}
+        for future in as_completed(futures):
+            bar.write(f"seed {futures[future]}: {future.result():.0f} s")
+            bar.update(1)
     print(f"{len(todo)} seeds run in {time.perf_counter() - t0:.0f} s; results in {args.out}")
     print(table(args.out))
 

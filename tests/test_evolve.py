@@ -22,7 +22,9 @@ from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.train.evaluators import (
     DreamEvaluator,
     EnvRollout,
+    LocalEvaluator,
     ProcessEvaluator,
+    child_threads,
     episode_seeds,
     run_episode,
 )
@@ -367,6 +369,35 @@ def test_process_evaluator_runs_real_catch_and_survives_a_dead_worker(tmp_path: 
         ev.close()
     assert (tmp_path / "crashed").exists() and ev.restarts >= 1
     np.testing.assert_array_equal(got, expected)
+
+
+def test_local_evaluator_matches_the_process_pool_episode_for_episode() -> None:
+    params = np.array([[0.0], [1.0], [-1.0], [0.4]])
+    rollout = EnvRollout("dreamlab/Catch-v0", ConstantAgent, env_kwargs={"num_balls": 2})
+    expected = np.array([[rollout(p, s) for s in episode_seeds(11, 5)] for p in params])
+    ev = LocalEvaluator(rollout, num_envs=2)  # fewer slots than episodes: slots are reused
+    try:
+        got = ev.evaluate(params, rollouts=5, seed=11)
+        again = ev.evaluate(params, rollouts=5, seed=11)
+    finally:
+        ev.close()
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(again, expected)
+    assert len(np.unique(expected)) > 1  # the candidates differ, so the test can fail
+    with pytest.raises(ValueError, match="num_envs"):
+        LocalEvaluator(rollout, num_envs=0)
+
+
+def test_child_threads_sets_the_variables_for_spawned_processes_only() -> None:
+    import multiprocessing as mp
+    import os
+
+    before = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    with child_threads(1):
+        with mp.get_context("spawn").Pool(1) as pool:
+            seen = pool.apply(os.getenv, ("OPENBLAS_NUM_THREADS",))
+    assert seen == "1"
+    assert {k: os.environ.get(k) for k in before} == before
 
 
 def test_run_episode_respects_max_steps() -> None:

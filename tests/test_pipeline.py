@@ -265,13 +265,48 @@ def test_iterations_are_chosen_when_the_run_is_made(tmp_path: Path) -> None:
         run_pipeline(PipelineConfig(run=tmp_path / "bad", preset="catch-debug", iterations=-1))
 
 
-def test_dream_precision_resolves_auto_by_hardware() -> None:
-    import torch
+class _TimedWorldModel:
+    """Steps of a V+M stand-in that take ``delay`` seconds (to test the precision probe)."""
 
+    action_dim = 1
+
+    def __init__(self, delay: float) -> None:
+        import torch
+
+        self.delay = delay
+        self.device = torch.device("cpu")
+
+    def initial_state(self, batch_size: int) -> dict:
+        import torch
+
+        return {"z": torch.zeros(batch_size, 2)}
+
+    def encode_action(self, action: object) -> object:
+        return action
+
+    def step(self, state: dict, action: object, temperature: float, generator: object) -> tuple:
+        import time
+
+        time.sleep(self.delay)
+        return state, None, None
+
+
+def test_dream_precision_auto_measures_the_faster_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dreamlab.pipeline as pipeline
     from dreamlab.pipeline import dream_precision
 
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert dream_precision("auto", "cpu") == ("bfloat16" if native else "float32")
     assert dream_precision("float32") == "float32" and dream_precision("bfloat16") == "bfloat16"
+    assert dream_precision("auto") == "float32"  # nothing to measure on a CPU
     with pytest.raises(RunError, match="dream_precision"):
         dream_precision("float8")  # type: ignore[arg-type]
+    monkeypatch.setattr(pipeline, "cpu_has_bfloat16", lambda: True)
+    for slow in ("float32", "bfloat16"):
+        models = {
+            p: _TimedWorldModel(0.02 if p == slow else 0.001) for p in ("float32", "bfloat16")
+        }
+        fast = "bfloat16" if slow == "float32" else "float32"
+        assert dream_precision("auto", models.__getitem__, num_dreams=4) == fast
+    even = {p: _TimedWorldModel(0.01) for p in ("float32", "bfloat16")}
+    assert dream_precision("auto", even.__getitem__, num_dreams=4) == "float32"  # no clear win
+    monkeypatch.setattr(pipeline, "cpu_has_bfloat16", lambda: False)
+    assert dream_precision("auto", models.__getitem__, num_dreams=4) == "float32"

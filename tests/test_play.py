@@ -316,7 +316,7 @@ def test_browser_end_to_end(tmp_path: Path) -> None:
     if found is None:
         pytest.skip(
             "no browser: install Debian's chromium and chromium-driver "
-            "(apt-get install chromium chromium-driver); .ci/run does"
+            "(apt-get install chromium chromium-driver); `make test` does where it can (scripts/install-browser.sh)"
         )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

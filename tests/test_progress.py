@@ -35,3 +35,21 @@ def test_disabled_bars_write_nothing_and_bad_intervals_are_named(
     monkeypatch.setenv("DREAMLAB_PROGRESS_SECONDS", "often")
     with pytest.raises(ValueError, match="DREAMLAB_PROGRESS_SECONDS"):
         log_interval()
+
+
+def test_a_postfix_set_every_step_waits_for_the_timed_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DREAMLAB_PROGRESS_SECONDS", "0.2")
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    with tqdm(total=200, desc="fit", file=log) as bar:
+        for step in range(200):
+            time.sleep(0.005)
+            bar.set_postfix(loss=f"{1 / (step + 1):.3g}")
+            bar.set_description(f"fit {step}")
+            bar.update(1)
+    seconds = time.perf_counter() - t0
+    lines = log.getvalue().splitlines()
+    assert 2 <= len(lines) <= seconds / 0.2 + 3, lines
+    assert "loss=0.005" in lines[-1]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dreamlab.checkpoint import load_model, save_model
+from dreamlab.checkpoint import MODEL_FILE, load_model, save_model
 from dreamlab.models import frames_to_tensor
 from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.models.mdnrnn import MDNRNN
@@ -206,8 +206,16 @@ class WorldModelAgent:
         return cls(world_model, controller, seed=seed)
 
 
-_MODEL_CACHE: dict[tuple[str, str, str], VMWorldModel] = {}
-"""Per-process V+M loaded by :class:`WorldModelAgentFactory` (keyed by paths and device)."""
+_MODEL_CACHE: dict[tuple[str, str, str, float, float], VMWorldModel] = {}
+"""Per-process V+M loaded by :class:`WorldModelAgentFactory` (keyed by paths, device and the
+weight files' modification times, so a model trained again is loaded again)."""
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # missing: load_model names the problem
+        return 0.0
 
 
 class WorldModelAgentFactory:
@@ -237,7 +245,13 @@ class WorldModelAgentFactory:
 
     def world_model(self) -> VMWorldModel:
         """This process's V+M (loaded on first use)."""
-        key = (self.vae_dir, self.mdnrnn_dir, self.device)
+        key = (
+            self.vae_dir,
+            self.mdnrnn_dir,
+            self.device,
+            _mtime(Path(self.vae_dir) / MODEL_FILE),
+            _mtime(Path(self.mdnrnn_dir) / MODEL_FILE),
+        )
         wm = _MODEL_CACHE.get(key)
         if wm is None:
             vae = load_model(self.vae_dir, VAE, device=self.device)

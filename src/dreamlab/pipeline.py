@@ -143,9 +143,10 @@ class RunConfig:
     """CMA-ES generations of the C's of rounds before the last (they only play to collect
     data), in one run without restarts; default: the controller's settings"""
     dream_precision: Literal["float32", "bfloat16", "auto"] = "float32"
-    """precision of M's matmuls in C's training dreams: 'auto' = bfloat16 where the hardware
-    computes it natively (a CPU with AVX512-BF16/AMX, a GPU), else float32. 1.6x faster dreams
-    on this project's CPU, and C acts in reality with a float32 M either way"""
+    """precision of M's matmuls in C's training dreams: 'auto' = bfloat16 on a GPU that has
+    it, and on a CPU whichever of the two steps the dream faster there (measured at the start
+    of each CMA-ES run; 1.6x faster on one CPU, 1.5x slower on another). C acts in reality
+    with a float32 M either way"""
     dream_termination: Literal["threshold", "sample"] = "threshold"
     """dream episodes end when M's termination probability > 0.5, or by sampling it (the
     paper's Doom dream: deaths are rare, so a threshold would almost never end a dream)"""
@@ -192,8 +193,14 @@ def _catch() -> RunConfig:
         collect_episodes=300,
         collect_policy="random",
         # The 3x3 ball is 0.2% of a frame: with the plain loss V never learns it (docs/vm.md).
-        vae=VAEConfig(z_dim=32, foreground_weight=10.0),
-        vae_train=TrainConfig(epochs=2, batch_size=64, lr=1e-3, log_every=25, checkpoint_every=200),
+        # V learns the ball after a plateau whose length is set by updates, not frames: batch 32
+        # with the ball weighted 20x leaves it by step ~330 on every seed tried, and 0.8 epochs
+        # draw the ball as well as 2 epochs of batch 64 at 10x did, in 40% of the time
+        # (BENCHMARKS.md, "Where the demo's time went")
+        vae=VAEConfig(z_dim=32, foreground_weight=20.0),
+        vae_train=TrainConfig(
+            epochs=0.8, batch_size=32, lr=1e-3, log_every=25, checkpoint_every=200
+        ),
         mdnrnn=MDNRNNConfig(hidden_size=256),
         # 100 passes: M's next-z error keeps falling long after 20 (BENCHMARKS.md); 60 made a
         # weaker round-0 C whose play taught the next M less (0.89 in the end against 0.95)
@@ -235,7 +242,7 @@ def _catch() -> RunConfig:
         iterate_episodes=200,
         iterate_noise=0.3,
         iterate_epochs=15.0,
-        # bfloat16 dreams where the CPU has native kernels: 1.6x faster CMA-ES (BENCHMARKS.md)
+        # bfloat16 dreams where they are faster on this machine (measured; BENCHMARKS.md)
         dream_precision="auto",
         eval_episodes=100,
         vonly_generations=50,
@@ -666,17 +673,59 @@ def stage_mdnrnn(run: Run) -> Any:
 
 
 def dream_precision(
-    setting: Literal["float32", "bfloat16", "auto"], device: torch.device | str = "cpu"
+    setting: Literal["float32", "bfloat16", "auto"],
+    world_model_at: Callable[[Literal["float32", "bfloat16"]], VMWorldModel] | None = None,
+    num_dreams: int = 512,
 ) -> Literal["float32", "bfloat16"]:
-    """``RunConfig.dream_precision`` resolved for the dream's device (``auto``: bfloat16 where
-    it is native: a CUDA GPU that supports it, a CPU whose oneDNN has bfloat16 kernels)."""
+    """``RunConfig.dream_precision`` resolved for this machine.
+
+    ``auto`` is bfloat16 on a CUDA GPU that supports it. On a CPU it is measured: where oneDNN
+    has bfloat16 kernels, ``num_dreams`` dreams of ``world_model_at(precision)`` are stepped in
+    each precision and bfloat16 is used where it is clearly faster (``BFLOAT16_MARGIN``).
+    Autocast converts M's weights at every step, and whether bfloat16 pays for that depends on
+    the CPU: 2.0x faster on one of this project's machines, 1.5x slower on another
+    (BENCHMARKS.md). Without ``world_model_at`` a CPU gets float32.
+    """
     if setting not in ("float32", "bfloat16", "auto"):
         raise RunError(f"dream_precision must be float32, bfloat16 or auto, got {setting!r}")
     if setting != "auto":
         return setting
-    if torch.device(device).type == "cuda":
+    if world_model_at is None:
+        return "float32"
+    device = world_model_at("float32").device
+    if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    if not cpu_has_bfloat16():
+        return "float32"
+    float32 = dream_step_seconds(world_model_at("float32"), num_dreams)
+    bfloat16 = dream_step_seconds(world_model_at("bfloat16"), num_dreams)
+    # a clear margin, so that a busy moment during the probe does not flip the choice (and
+    # with it the run's numbers) from one run to the next on the same machine
+    return "bfloat16" if bfloat16 * BFLOAT16_MARGIN < float32 else "float32"
+
+
+BFLOAT16_MARGIN = 1.25
+"""``auto`` picks bfloat16 only where its dream steps are this many times faster"""
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU's oneDNN has bfloat16 kernels (AVX512-BF16, AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@torch.inference_mode()
+def dream_step_seconds(world_model: VMWorldModel, num_dreams: int, steps: int = 12) -> float:
+    """Median seconds of one step of ``num_dreams`` dreams (after two warm-up steps)."""
+    state = world_model.initial_state(num_dreams)
+    action = world_model.encode_action(torch.zeros(num_dreams, world_model.action_dim))
+    generator = torch.Generator(device=world_model.device).manual_seed(0)
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        state, _, _ = world_model.step(state, action, 1.0, generator)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def dream_start_bank(run: Run, world_model: VMWorldModel, round_: int | None = None) -> Any:
@@ -896,6 +945,7 @@ def race_restarts(
     from multiprocessing import get_context
 
     from dreamlab.io import atomic_path
+    from dreamlab.train.evaluators import child_threads
     from dreamlab.train.evolve import STATE_FILE
 
     out = run / name
@@ -936,18 +986,19 @@ def race_restarts(
                 initializer=torch.set_num_threads,
                 initargs=(1,),
             ) as pool:
-                futures = {
-                    seed: pool.submit(
-                        _restart_job,
-                        str(run.path),
-                        inputs,
-                        jobs[seed],
-                        names[seed],
-                        pessimism,
-                        round_,
-                    )
-                    for seed in seeds
-                }
+                with child_threads(1):  # the workers start at these submits
+                    futures = {
+                        seed: pool.submit(
+                            _restart_job,
+                            str(run.path),
+                            inputs,
+                            jobs[seed],
+                            names[seed],
+                            pessimism,
+                            round_,
+                        )
+                        for seed in seeds
+                    }
                 for seed, future in futures.items():
                     scores[seed] = future.result()
                     bar.update(1)
@@ -982,7 +1033,7 @@ def _evolve_controller(
     round_: int | None = None,
 ) -> Any:
     from dreamlab.agent import WorldModelAgentFactory
-    from dreamlab.train.evaluators import EnvRollout
+    from dreamlab.train.evaluators import EnvRollout, LocalEvaluator
     from dreamlab.uncertainty import controller_world_model
 
     cfg = run.config
@@ -990,7 +1041,12 @@ def _evolve_controller(
         world_model = controller_world_model(run, inputs, pessimism)
     else:
         # Run loads V and M on the CPU
-        world_model = run.world_model(inputs, dream_precision(cfg.dream_precision), round_)
+        precision = dream_precision(
+            cfg.dream_precision,
+            lambda p: run.world_model(inputs, p, round_),
+            ecfg.population_size * ecfg.rollouts_per_candidate,
+        )
+        world_model = run.world_model(inputs, precision, round_)
     ccfg = _controller_config(run, world_model, inputs)
     if cfg.dream_starts == "memory" and pessimism is not None:
         raise RunError(
@@ -1020,11 +1076,14 @@ def _evolve_controller(
     backend = make_evaluator(
         ecfg, controller, world_model=world_model, start_latents=start, rollout=rollout
     )
-    real = None
+    real: Any = None
     if ecfg.real_eval_every and ecfg.backend == "dream":
-        real = make_evaluator(
-            dataclasses.replace(ecfg, backend="processes"), controller, rollout=rollout
-        )
+        if ecfg.real_eval_backend == "local":
+            real = LocalEvaluator(rollout)
+        else:
+            real = make_evaluator(
+                dataclasses.replace(ecfg, backend="processes"), controller, rollout=rollout
+            )
     try:
         return evolve(controller, backend, ecfg, run / name, real_backend=real)
     finally:

@@ -62,9 +62,21 @@ class tqdm(_auto_tqdm):  # noqa: N801 - a drop-in for tqdm.auto.tqdm
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         stream = kwargs.get("file") or sys.stderr
         notebook = "notebook" in type(self).__mro__[1].__module__
-        if not kwargs.get("disable") and not notebook and not _is_terminal(stream):
+        self._log_lines = not kwargs.get("disable") and not notebook and not _is_terminal(stream)
+        if self._log_lines:
             kwargs["file"] = _Lines(stream)
             kwargs["mininterval"] = max(float(kwargs.get("mininterval", 0.1)), log_interval())
             kwargs["dynamic_ncols"] = False
             kwargs.setdefault("ncols", 100)
         super().__init__(*args, **kwargs)
+
+    # In a log, a new postfix or description waits for the next timed line: tqdm would print
+    # one line per call (a loss every few steps) and then another at the next update.
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=refresh and not self._log_lines, **kwargs)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        super().set_postfix_str(s, refresh=refresh and not self._log_lines)
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        super().set_description(desc, refresh=refresh and not self._log_lines)

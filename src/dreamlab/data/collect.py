@@ -127,38 +127,14 @@ def play_episode(
         The episode's arrays: obs ``(T+1, H, W, 3)``, action ``(T, *shape)``, reward ``(T,)``,
         terminated ``(T,)``, truncated ``(T,)``.
     """
-    from gymnasium import spaces
-
+    from dreamlab.data.rollout import play_episodes
     from dreamlab.envs.policies import make_policy
 
     policy = make_policy(policy_name, env.action_space, seed)
-    env.action_space.seed(seed)
-    obs, _ = env.reset(seed=seed)
-    discrete = isinstance(env.action_space, spaces.Discrete)
-    frames, actions, rewards, terms, truncs = [obs], [], [], [], []
-    state: Any = None
-    episode_start = np.ones(1, dtype=bool)  # (1,)
-    while True:
-        batch, state = policy.predict(obs[None], state, episode_start)  # (1, *action_shape)
-        episode_start[:] = False
-        action = batch[0]
-        obs, reward, terminated, truncated, _ = env.step(int(action) if discrete else action)
-        frames.append(obs)
-        actions.append(action)
-        rewards.append(float(reward))
-        if max_steps is not None and len(actions) >= max_steps and not terminated:
-            truncated = True
-        terms.append(bool(terminated))
-        truncs.append(bool(truncated))
-        if terminated or truncated:
-            break
-    return {
-        "obs": np.stack(frames).astype(np.uint8, copy=False),  # (T+1, H, W, 3)
-        "action": np.asarray(actions, dtype=np.int64 if discrete else np.float32),  # (T, ...)
-        "reward": np.asarray(rewards, dtype=np.float32),  # (T,)
-        "terminated": np.asarray(terms, dtype=bool),  # (T,)
-        "truncated": np.asarray(truncs, dtype=bool),  # (T,)
-    }
+    played = play_episodes([env], policy, [seed], keep_arrays=True, max_episode_steps=max_steps)
+    arrays = played[0].arrays
+    assert arrays is not None  # keep_arrays
+    return arrays
 
 
 def _episode_info(job: _Job, index: int, arrays: dict[str, np.ndarray]) -> dict[str, str]:

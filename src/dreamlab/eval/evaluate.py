@@ -3,7 +3,8 @@
 The policy only has to follow the Stable-Baselines3 shape
 ``predict(obs (N, H, W, 3), state, episode_start (N,)) -> (actions (N, ...), state)``, so the same
 function scores the random policy, the scripted expert, the V+M+C agent, a planner or a BC policy.
-Episodes run in lockstep slots: one batched ``predict`` call per step for every slot still playing.
+Episodes run in lockstep slots (:func:`dreamlab.data.rollout.play_episodes`): one batched
+``predict`` call per step for every slot still playing.
 """
 
 from __future__ import annotations
@@ -11,20 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from dreamlab.data.rollout import EpisodeResult, Policy, play_episodes
 from dreamlab.progress import tqdm
 
-
-class Policy(Protocol):
-    """Anything with a batched, SB3-shaped ``predict``."""
-
-    def predict(
-        self, obs: np.ndarray, state: Any = None, episode_start: np.ndarray | None = None
-    ) -> tuple[np.ndarray, Any]: ...
+__all__ = ["EvalResult", "Policy", "evaluate_policy"]
 
 
 @dataclass
@@ -108,94 +104,41 @@ def evaluate_policy(
     episodes = len(numbers)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    keep_frames = record or on_episode is not None
-    num_envs = max(1, min(num_envs, episodes))
-    envs = [make_env() for _ in range(num_envs)]
-    returns = np.full(episodes, np.nan)
-    lengths = np.zeros(episodes, dtype=np.int64)
-    caught = np.zeros(episodes, dtype=np.int64)
-    missed = np.zeros(episodes, dtype=np.int64)
+    envs = [make_env() for _ in range(max(1, min(num_envs, episodes)))]
     best: tuple[float, np.ndarray | None] = (-np.inf, None)
     worst: tuple[float, np.ndarray | None] = (np.inf, None)
-
-    next_episode = 0
-    slot_episode = np.full(num_envs, -1)
-    slot_return = np.zeros(num_envs)
-    slot_frames: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
-    slot_steps: list[list[tuple[Any, float, bool, bool]]] = [[] for _ in range(num_envs)]
-    obs = [None] * num_envs
-    episode_start = np.ones(num_envs, dtype=bool)
-
-    def start(slot: int) -> None:
-        nonlocal next_episode
-        if next_episode >= episodes:
-            slot_episode[slot] = -1
-            return
-        slot_episode[slot] = next_episode
-        obs[slot], _ = envs[slot].reset(seed=seed + numbers[next_episode])
-        slot_return[slot] = 0.0
-        slot_frames[slot] = [obs[slot]] if keep_frames else []
-        slot_steps[slot] = []
-        episode_start[slot] = True
-        next_episode += 1
-
-    for slot in range(num_envs):
-        start(slot)
-    state: Any = None
     t0 = time.perf_counter()
     bar = tqdm(total=episodes, desc=desc, unit="ep", disable=not progress, leave=False)
+
+    def finished(episode: EpisodeResult) -> None:
+        nonlocal best, worst
+        if on_episode is not None and episode.arrays is not None:
+            on_episode(numbers[episode.number], episode.arrays)
+        if record and episode.arrays is not None:
+            if episode.episode_return > best[0]:
+                best = (episode.episode_return, episode.arrays["obs"])
+            if episode.episode_return < worst[0]:
+                worst = (episode.episode_return, episode.arrays["obs"])
+        bar.update(1)
+
     try:
-        while (slot_episode >= 0).any():
-            # Finished slots keep stepping the policy on their last frame so that the batch (and a
-            # recurrent policy's state layout) stays fixed; their actions are ignored.
-            batch = np.stack(obs)
-            actions, state = policy.predict(batch, state, episode_start.copy())
-            episode_start[:] = False
-            for slot in range(num_envs):
-                ep = slot_episode[slot]
-                if ep < 0:
-                    continue
-                action = actions[slot]
-                obs[slot], reward, terminated, truncated, info = envs[slot].step(action)
-                slot_return[slot] += float(reward)
-                lengths[ep] += 1
-                if keep_frames:
-                    slot_frames[slot].append(obs[slot])
-                if on_episode is not None:
-                    slot_steps[slot].append((action, float(reward), terminated, truncated))
-                if terminated or truncated:
-                    returns[ep] = slot_return[slot]
-                    caught[ep] = int(info.get("caught", 0))
-                    missed[ep] = int(info.get("missed", 0))
-                    if on_episode is not None:
-                        acts, rews, terms, truncs = zip(*slot_steps[slot], strict=True)
-                        on_episode(
-                            numbers[ep],
-                            {
-                                "obs": np.stack(slot_frames[slot]),
-                                "action": np.stack([np.asarray(a) for a in acts]),
-                                "reward": np.asarray(rews, np.float32),
-                                "terminated": np.asarray(terms, bool),
-                                "truncated": np.asarray(truncs, bool),
-                            },
-                        )
-                    if record:
-                        if slot_return[slot] > best[0]:
-                            best = (slot_return[slot], np.stack(slot_frames[slot]))
-                        if slot_return[slot] < worst[0]:
-                            worst = (slot_return[slot], np.stack(slot_frames[slot]))
-                    bar.update(1)
-                    start(slot)
+        played = play_episodes(
+            envs,
+            policy,
+            [seed + n for n in numbers],
+            keep_arrays=record or on_episode is not None,
+            on_episode=finished,
+        )
     finally:
         bar.close()
         for env in envs:
             env.close()
     return EvalResult(
         env=env_name,
-        returns=[float(r) for r in returns],
-        lengths=[int(n) for n in lengths],
-        caught=[int(c) for c in caught],
-        missed=[int(m) for m in missed],
+        returns=[e.episode_return for e in played],
+        lengths=[e.length for e in played],
+        caught=[int(e.info.get("caught", 0)) for e in played],
+        missed=[int(e.info.get("missed", 0)) for e in played],
         seconds=time.perf_counter() - t0,
         best_frames=best[1],
         worst_frames=worst[1],

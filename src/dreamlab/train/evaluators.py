@@ -7,6 +7,7 @@ come from the candidates rather than from luckier starts.
 
 - :class:`DreamEvaluator`: the whole population x rollouts as ONE batched dream (one tensor
   computation per step, the batched controller acting for every candidate at once). The default.
+- :class:`LocalEvaluator`: real-env episodes in this process, a candidate's episodes in lockstep.
 - :class:`ProcessEvaluator`: real-env episodes in local worker processes.
 - :class:`RayEvaluator`: the same episodes as Ray tasks, on a laptop or a cluster. A worker that
   dies mid-generation does not lose the generation: its episodes are run again.
@@ -17,11 +18,12 @@ Real-env episodes are described by a *rollout function* ``fn(params (D,), seed) 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import multiprocessing as mp
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, runtime_checkable
@@ -30,6 +32,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from dreamlab.data.rollout import play_episodes
 from dreamlab.dream import DreamVecEnv
 from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.worldmodel import StartLatents, WorldModel, check_start_latents
@@ -38,6 +41,7 @@ __all__ = [
     "DreamEvaluator",
     "EnvRollout",
     "Evaluator",
+    "LocalEvaluator",
     "ProcessEvaluator",
     "RayEvaluator",
     "RolloutFn",
@@ -61,6 +65,31 @@ class Evaluator(Protocol):
     def close(self) -> None:
         """Release workers / device memory."""
         ...
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def child_threads(threads: int) -> Iterator[None]:
+    """Processes spawned inside this block start with ``threads`` BLAS / OpenMP threads.
+
+    ``torch.set_num_threads`` in a worker does not reach NumPy's OpenBLAS, whose idle threads
+    spin: two CMA-ES workers on two cores, each with a two-thread OpenBLAS for CMA-ES's
+    eigendecompositions, took 1.8 s instead of 0.3 s for some generations (BENCHMARKS.md). The
+    variables are read when a child imports NumPy and torch, so they are set around the spawn
+    and restored after it.
+    """
+    saved = {name: os.environ.get(name) for name in THREAD_VARS}
+    os.environ.update({name: str(threads) for name in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def episode_seeds(seed: int, rollouts: int) -> list[int]:
@@ -138,6 +167,9 @@ class DreamEvaluator:
         self.max_episode_steps = max_episode_steps
         self.max_batch = max_batch
         self.common_starts = common_starts
+        # One dream env per batch size, made once: a population and the mean's evaluation use
+        # two sizes, and making an env re-validates the whole start bank (tens of MB).
+        self._envs: dict[int, DreamVecEnv] = {}
         self.total_env_steps = 0
         """dream steps taken so far (all dreams, including finished ones still in the batch)"""
 
@@ -155,15 +187,17 @@ class DreamEvaluator:
     def _evaluate_chunk(self, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
         num_candidates = params.shape[0]
         n = num_candidates * rollouts
-        env = DreamVecEnv(
-            self.world_model,
-            self.start_latents,
-            self.action_space,
-            n,
-            temperature=self.temperature,
-            max_episode_steps=self.max_episode_steps,
-            autoreset=False,
-        )
+        env = self._envs.get(n)
+        if env is None:
+            env = self._envs[n] = DreamVecEnv(
+                self.world_model,
+                self.start_latents,
+                self.action_space,
+                n,
+                temperature=self.temperature,
+                max_episode_steps=self.max_episode_steps,
+                autoreset=False,
+            )
         starts = None
         if self.common_starts:
             g = torch.Generator().manual_seed(seed)
@@ -184,11 +218,12 @@ class DreamEvaluator:
             # Checking costs a device sync, so only every few steps; finished dreams add 0.
             if t % 8 == 7 and not bool(alive.any()):
                 break
-        env.close()
+        env.state = None  # drop the dreams' memory until the next reset
         return returns.view(num_candidates, rollouts).cpu().numpy()
 
     def close(self) -> None:
-        """Nothing to release (tensors are freed with the evaluator)."""
+        """Drop the dream envs (tensors are freed with them)."""
+        self._envs.clear()
 
 
 # ---------------------------------------------------------------------------------- real env
@@ -196,23 +231,9 @@ def run_episode(
     env: gym.Env[Any, Any], agent: Any, seed: int, max_episode_steps: int | None
 ) -> float:
     """Play one episode of ``agent`` (batched SB3-style ``predict``) in ``env``; return the return."""
-    obs, _ = env.reset(seed=seed)
-    state: Any = None
-    episode_start = np.ones(1, dtype=bool)
-    total = 0.0
-    steps = 0
-    while True:
-        action, state = agent.predict(obs[None], state, episode_start)
-        episode_start[:] = False
-        obs, reward, terminated, truncated, _ = env.step(action[0])
-        total += float(reward)
-        steps += 1
-        if (
-            terminated
-            or truncated
-            or (max_episode_steps is not None and steps >= max_episode_steps)
-        ):
-            return total
+    return play_episodes([env], agent, [seed], max_episode_steps=max_episode_steps)[
+        0
+    ].episode_return
 
 
 _ENV_CACHE: dict[str, gym.Env[Any, Any]] = {}
@@ -257,6 +278,50 @@ class EnvRollout:
     def __call__(self, params: np.ndarray, seed: int) -> float:
         agent = self.agent_factory(np.asarray(params))
         return run_episode(self.env(), agent, seed, self.max_episode_steps)
+
+
+class LocalEvaluator:
+    """Real-env episodes in this process: a candidate's R episodes in lockstep slots.
+
+    No worker processes to start (importing torch and loading V and M in each costs seconds), and
+    one batched ``predict`` per step for all R episodes; the choice for cheap envs such as Catch,
+    and for CMA-ES's occasional real-env checks. Episodes use the same seeds as
+    :class:`ProcessEvaluator`, so both give the same returns for a deterministic agent.
+
+    Args:
+        rollout: an :class:`EnvRollout` (its env and agent factory are used directly).
+        num_envs: lockstep slots (envs made once and kept).
+    """
+
+    def __init__(self, rollout: EnvRollout, num_envs: int = 16) -> None:
+        if num_envs < 1:
+            raise ValueError(f"LocalEvaluator: num_envs must be >= 1, got {num_envs}")
+        self.rollout = rollout
+        self.num_envs = num_envs
+        self._envs: list[gym.Env[Any, Any]] = []
+
+    def evaluate(self, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
+        """Returns ``(P, R)``: candidate by candidate, its R episodes in lockstep."""
+        from dreamlab.envs import make_env
+
+        arr = _check_params(params, rollouts)
+        seeds = episode_seeds(seed, rollouts)
+        while len(self._envs) < min(self.num_envs, rollouts):
+            self._envs.append(make_env(self.rollout.env_id, **self.rollout.env_kwargs))
+        out = np.empty((arr.shape[0], rollouts), dtype=np.float64)
+        for p in range(arr.shape[0]):
+            agent = self.rollout.agent_factory(arr[p])
+            played = play_episodes(
+                self._envs, agent, seeds, max_episode_steps=self.rollout.max_episode_steps
+            )
+            out[p] = [e.episode_return for e in played]
+        return out
+
+    def close(self) -> None:
+        """Close the envs."""
+        for env in self._envs:
+            env.close()
+        self._envs = []
 
 
 _WORKER_ROLLOUT: RolloutFn | None = None
@@ -322,9 +387,10 @@ class ProcessEvaluator:
         restarts = 0
         while todo:
             pool = self._get_pool()
-            futures: dict[Future[float], tuple[int, int]] = {
-                pool.submit(_worker_episode, arr[p], seeds[r]): (p, r) for p, r in todo
-            }
+            with child_threads(self.threads_per_worker):  # workers start at the first submits
+                futures: dict[Future[float], tuple[int, int]] = {
+                    pool.submit(_worker_episode, arr[p], seeds[r]): (p, r) for p, r in todo
+                }
             wait(futures)
             failed: list[tuple[int, int]] = []
             broken = False

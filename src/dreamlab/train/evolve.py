@@ -110,6 +110,10 @@ class EvolveConfig:
     """every N generations also score the generation's best candidate in the real env (0 = never)"""
     real_eval_episodes: int = 16
     """real-env episodes for that check"""
+    real_eval_backend: Literal["local", "processes"] = "local"
+    """where that check plays: 'local' = in this process, its episodes in lockstep (no workers
+    to start; for cheap envs such as Catch), 'processes' = a pool of worker processes (for slow
+    envs such as CarRacing)"""
     x0: Literal["current", "zeros"] = "current"
     """starting mean: the controller's current weights, or all zeros"""
     tensorboard: bool = True
