@@ -4,7 +4,7 @@ Real: gymnasium ``CarRacing-v3`` (state pixels, random actions, one env, the usu
 workers step it). Dream: :class:`dreamlab.dream.DreamVecEnv` over a V+M with the paper's
 CarRacing sizes (z 32, LSTM 256, K 5, action 3), N parallel dreams, the batched controller acting
 for a population (P candidates x R rollouts, one ``bmm``), i.e. exactly what
-:class:`dreamlab.train.evaluators.DreamEvaluator` runs per CMA-ES generation. Weights are
+:class:`dreamlab.train.dream_evaluator.DreamEvaluator` runs per CMA-ES generation. Weights are
 untrained: speed does not depend on them. Terminations are disabled (a dream ends only at the
 step limit) so every step does full work.
 
@@ -27,11 +27,11 @@ import torch
 import tyro
 
 from dreamlab.dream import DreamVecEnv
+from dreamlab.generations.vmc.worldmodel import VMWorldModel
 from dreamlab.io import atomic_write_json
 from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
 from dreamlab.models.vae import VAE, VAEConfig
-from dreamlab.worldmodel import VMWorldModel
 
 
 @dataclass

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import torch
 
+from dreamlab.generations.vmc.controller import stage_controller
+from dreamlab.generations.vmc.evaluate import evaluate_agent
+from dreamlab.generations.vmc.run import Run
+from dreamlab.generations.vmc.uncertainty import ensemble_world_model
+from dreamlab.generations.vmc.worldmodel import start_latents_from_store
 from dreamlab.io import atomic_write_json
-from dreamlab.pipeline import Run, evaluate_agent, stage_controller
-from dreamlab.train.evaluators import DreamEvaluator
-from dreamlab.uncertainty import ensemble_world_model
-from dreamlab.worldmodel import start_latents_from_store
+from dreamlab.train.dream_evaluator import DreamEvaluator
 
 
 def dream_score(

@@ -26,11 +26,11 @@ import torch
 import tyro
 
 from dreamlab.envs import make_env
+from dreamlab.generations.vmc.worldmodel import VMWorldModel
 from dreamlab.io import atomic_write_json
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
 from dreamlab.models.vae import VAE, VAEConfig
 from dreamlab.plan.mpc import PlannerAgent, PlannerConfig
-from dreamlab.worldmodel import VMWorldModel
 
 
 @dataclass
@@ -54,7 +54,7 @@ class BenchConfig:
 def world_model(cfg: BenchConfig, precision: str) -> VMWorldModel:
     env = make_env("catch")
     if cfg.run is not None:
-        from dreamlab.pipeline import Run
+        from dreamlab.generations.vmc.run import Run
 
         run = Run.open(cfg.run)
         vae, mdnrnn = run.vae(), run.mdnrnn()

@@ -28,8 +28,9 @@ from dreamlab.envs.shift import (
     make_shifted_env,
 )
 from dreamlab.eval.evaluate import evaluate_policy
+from dreamlab.generations.args import PipelineConfig
+from dreamlab.generations.vmc.pipeline import run_pipeline
 from dreamlab.models.bc import BCConfig, BCNet
-from dreamlab.pipeline import PipelineConfig, run_pipeline
 from dreamlab.train.fit import TrainConfig
 
 QUIET = {"progress": False, "tensorboard": False, "log_every": 50, "checkpoint_every": 1000}

@@ -21,11 +21,14 @@ import torch
 
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.dream import DreamVecEnv
+from dreamlab.generations.args import PipelineConfig
+from dreamlab.generations.vmc.evaluate import stage_evaluate
+from dreamlab.generations.vmc.pipeline import run_pipeline
+from dreamlab.generations.vmc.run import Run
+from dreamlab.generations.vmc.worldmodel import start_latents_from_store
 from dreamlab.models import frames_to_tensor
-from dreamlab.pipeline import PipelineConfig, Run, run_pipeline, stage_evaluate
 from dreamlab.plan.mpc import PlannerConfig
 from dreamlab.train.encode import encode_store
-from dreamlab.worldmodel import start_latents_from_store
 
 Check = Callable[..., None]  # the check fixture (conftest.py)
 

@@ -1,15 +1,17 @@
-"""compare-models: N contenders on the same episodes, cached rows, builders picked up by name."""
+"""compare-models: N contenders on the same episodes, cached rows, builders from the registry."""
 
 from __future__ import annotations
 
 import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dreamlab import compare_models as cm
 from dreamlab.cli import main
-from dreamlab.eval import compare_models as cm
+from dreamlab.generations import Generation
 
 FAKE_BUILDERS = '''
 from __future__ import annotations
@@ -125,7 +127,33 @@ def test_vmc_and_rssm_end_to_end_and_resume(
     assert json.loads((out / "compare.json").read_text())["models"] == summary["models"]
 
 
-def test_builders_registered_at_runtime_and_missing_modules(
+def _generation(name: str, build: Any) -> Generation:
+    """A registry entry whose only working part is its compare-models builder."""
+
+    def unused(*_: Any) -> Any:
+        pytest.fail("compare-models used more of a generation than its builder")
+
+    return Generation(
+        kind=name,
+        number=0,
+        title=f"fake {name}",
+        config_class=dict,
+        presets={},
+        model_kinds=(),
+        stages=(),
+        train_command="",
+        pipeline=unused,
+        load_world_model=unused,
+        load_agent=unused,
+        evaluate=unused,
+        dream=unused,
+        report=unused,
+        build_contender=build,
+        contender_name=None if build is None else name,
+    )
+
+
+def test_builders_come_from_the_generation_registry(
     tmp_path: Path,
     one_thread: None,
     monkeypatch: pytest.MonkeyPatch,
@@ -133,25 +161,29 @@ def test_builders_registered_at_runtime_and_missing_modules(
 ) -> None:
     (tmp_path / "fake_generations.py").write_text(textwrap.dedent(FAKE_BUILDERS))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(cm.BUILDERS, "fake3", "fake_generations:build_three")
-    monkeypatch.setitem(cm.BUILDERS, "fake4", "fake_generations:build_four")
-    monkeypatch.setitem(cm.BUILDERS, "ghost", "dreamlab.no_such_generation:build_contender")
+    import fake_generations  # type: ignore[import-not-found]
+
+    registry = [
+        _generation("fake3", fake_generations.build_three),
+        _generation("nobuilder", None),
+        _generation("fake4", fake_generations.build_four),
+    ]
+    monkeypatch.setattr(cm, "all_generations", lambda: registry)
+    # a model's name and builder are its generation's contender_name and build_contender
+    assert list(cm.contenders()) == ["fake3", "fake4"]
+    assert cm.CompareModelsArgs().models == ["fake3", "fake4"]
+    assert cm.resolve_builder("fake4") is fake_generations.build_four
     out = tmp_path / "cmp"
-    # an unknown or missing builder fails before any episode is collected
+    # an unknown model (or a generation without a builder) fails before any episode is collected
     assert main(["compare-models", "--models", "fake3", "ghost", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "'ghost'" in err and "dreamlab.no_such_generation" in err
+    assert "unknown model 'ghost'; known: fake3, fake4" in err
     assert not out.exists()
-    with pytest.raises(ValueError, match="unknown model 'nope'"):
-        cm.resolve_builder("nope")
-    with pytest.raises(ValueError, match="has no build_five"):
-        monkeypatch.setitem(cm.BUILDERS, "five", "fake_generations:build_five")
-        cm.resolve_builder("five")
+    with pytest.raises(ValueError, match="unknown model 'nobuilder'"):
+        cm.resolve_builder("nobuilder")
 
     args = ["compare-models", "--models", "fake4", "fake3", "--out", str(out), *SMALL]
     assert main(args) == 0
-    import fake_generations  # type: ignore[import-not-found]
-
     assert fake_generations.CALLS == ["fake4", "fake3"]
     summary = json.loads((out / "compare.json").read_text())
     assert list(summary["models"]) == ["fake4", "fake3"]

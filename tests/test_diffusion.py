@@ -17,27 +17,26 @@ from dreamlab.checkpoint import load_model, save_model
 from dreamlab.cli import main
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.store import EpisodeStore
-from dreamlab.diffusion_agent import DiffusionAgent, DreamQConfig, train_in_dream
-from dreamlab.diffusion_pipeline import (
-    EpisodeArrays,
-    build_contender,
-    diffusion_batches,
-    open_loop_fidelity,
-)
-from dreamlab.diffusion_worldmodel import DiffusionWorldModel, diffusion_start_states
 from dreamlab.dream import DreamEnv, DreamVecEnv
 from dreamlab.eval.contender import CompareContext
 from dreamlab.eval.evaluate import evaluate_policy
+from dreamlab.generations.diffusion.agent import DiffusionAgent, DreamQConfig, train_in_dream
+from dreamlab.generations.diffusion.contender import build_contender
+from dreamlab.generations.diffusion.data import EpisodeArrays, diffusion_batches
+from dreamlab.generations.diffusion.fidelity import open_loop_fidelity
+from dreamlab.generations.diffusion.worldmodel import DiffusionWorldModel, diffusion_start_states
 from dreamlab.models.diffusion import (
     DiffusionConfig,
     DiffusionModel,
-    ddpm_sample,
     diffusion_preset,
+    parameter_counts,
+)
+from dreamlab.models.edm import (
+    ddpm_sample,
     edm_precondition,
     euler_sample,
     heun_sample,
     karras_sigmas,
-    parameter_counts,
 )
 from dreamlab.train.fit import TrainConfig, fit
 from dreamlab.worldmodel import ActionSpec, WorldModel

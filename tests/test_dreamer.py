@@ -12,11 +12,11 @@ import torch
 
 from dreamlab.checkpoint import load_model, save_model
 from dreamlab.cli import main
-from dreamlab.dreamer_agent import DreamerAgent
-from dreamlab.dreamer_pipeline import get_dreamer_preset
+from dreamlab.generations.rssm.agent import DreamerAgent
+from dreamlab.generations.rssm.config import DreamerConfig, get_dreamer_preset
+from dreamlab.generations.rssm.online import train_dreamer
 from dreamlab.models.actor_critic import ActorCritic, ActorCriticConfig
 from dreamlab.models.rssm import RSSM, rssm_preset
-from dreamlab.train.dreamer import DreamerConfig, train_dreamer
 from dreamlab.train.imagination import ImaginationConfig, ImaginationTrainer, lambda_returns
 
 
@@ -108,11 +108,11 @@ def test_online_loop_writes_eval_and_resumes(tmp_path: Path, one_thread: None) -
     # running again is a no-op; a different config is refused
     again = train_dreamer(cfg, out)
     assert (again.env_steps, again.updates) == (result.env_steps, result.updates)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match="other settings"):
         train_dreamer(dataclasses.replace(cfg, batch_size=8), out)
     # extending the budget continues from the checkpoint (weights, counters, replay)
     data = json.loads((out / "config.json").read_text())
-    data["dreamer"]["total_env_steps"] = 500
+    data["config"]["total_env_steps"] = 500
     (out / "config.json").write_text(json.dumps(data))
     longer = train_dreamer(dataclasses.replace(cfg, total_env_steps=500), out)
     assert longer.env_steps == 500 and longer.updates > result.updates
@@ -137,10 +137,11 @@ def test_compare_models_measures_run_on_an_rssm(one_thread: None) -> None:
     """The fidelity measures and dream_return (used by compare-models) take an RSSM world model."""
     import gymnasium as gym
 
+    from dreamlab.compare_models import dream_return
     from dreamlab.envs import make_env
-    from dreamlab.eval.compare_models import dream_return
-    from dreamlab.eval.fidelity import FidelityConfig, catch_config_for, measure_fidelity
-    from dreamlab.rssm_worldmodel import RSSMWorldModel
+    from dreamlab.eval.catch_probe import catch_config_for
+    from dreamlab.eval.fidelity import FidelityConfig, measure_fidelity
+    from dreamlab.generations.rssm.worldmodel import RSSMWorldModel
 
     torch.manual_seed(0)
     space = gym.spaces.Box(-1, 1, (1,), np.float32)

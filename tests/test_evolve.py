@@ -19,8 +19,9 @@ from test_worldmodel import ToyWorld, tiny_vm, toy_start_bank
 from dreamlab.checkpoint import load_model
 from dreamlab.io import append_jsonl, read_jsonl
 from dreamlab.models.controller import Controller, ControllerConfig
+from dreamlab.train.cma_state import load_cma_state, new_strategy, save_cma_state
+from dreamlab.train.dream_evaluator import DreamEvaluator
 from dreamlab.train.evaluators import (
-    DreamEvaluator,
     EnvRollout,
     LocalEvaluator,
     ProcessEvaluator,
@@ -28,14 +29,7 @@ from dreamlab.train.evaluators import (
     episode_seeds,
     run_episode,
 )
-from dreamlab.train.evolve import (
-    EvolveConfig,
-    _new_strategy,
-    evolve,
-    load_cma_state,
-    make_evaluator,
-    save_cma_state,
-)
+from dreamlab.train.evolve import EvolveConfig, evolve, make_evaluator
 
 TOY_CFG = ControllerConfig(
     feature_dim=2, action_dim=1, mapping="box", action_low=[-1.0], action_high=[1.0]
@@ -145,7 +139,7 @@ def test_evolve_runs_in_a_tiny_vm_dream(tmp_path: Path, discrete: bool) -> None:
 @pytest.mark.parametrize("diagonal", [False, True], ids=["full", "separable"])
 def test_cma_state_round_trip_asks_identical_candidates(tmp_path: Path, diagonal: bool) -> None:
     dim = 30
-    es = _new_strategy(np.zeros(dim), 0.3, 10, seed=5, diagonal=diagonal)
+    es = new_strategy(np.zeros(dim), 0.3, 10, seed=5, diagonal=diagonal)
 
     def f(x: np.ndarray) -> float:
         return float(np.sum((x - 1.0) ** 2) + np.sum(x[:3] ** 4))
@@ -315,7 +309,7 @@ def test_real_eval_and_bad_backends_are_reported(tmp_path: Path) -> None:
 def test_es_uses_its_own_rng_not_numpys_global_one() -> None:
     np.random.seed(0)
     before = np.random.get_state()[1].copy()
-    es = _new_strategy(np.zeros(4), 0.1, 6, seed=1)
+    es = new_strategy(np.zeros(4), 0.1, 6, seed=1)
     es.ask()
     np.testing.assert_array_equal(np.random.get_state()[1], before)
     assert cma.__version__  # state files record the version they were written with

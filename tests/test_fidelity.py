@@ -13,14 +13,11 @@ import torch
 
 from dreamlab.envs import make_env
 from dreamlab.envs.catch import BACKGROUND_COLOR, CatchConfig
-from dreamlab.eval.fidelity import (
-    FidelityConfig,
-    catch_config_for,
+from dreamlab.eval.catch_probe import catch_config_for, position_probe
+from dreamlab.eval.fidelity import FidelityConfig, measure_fidelity, open_loop
+from dreamlab.eval.step_measures import (
     controllability,
     imagination_speed,
-    measure_fidelity,
-    open_loop,
-    position_probe,
     reward_termination_recall,
 )
 from dreamlab.models import frames_to_tensor
@@ -239,8 +236,14 @@ def test_catch_config_for_reads_the_preset() -> None:
 
 def test_on_a_small_trained_v_and_m(tmp_path: Path, one_thread: None) -> None:
     """The measures run on a real V+M (continuous catch-32, briefly trained)."""
+    from dreamlab.generations.vmc.run import Run
+    from dreamlab.generations.vmc.stages import (
+        stage_collect,
+        stage_encode,
+        stage_mdnrnn,
+        stage_vae,
+    )
     from dreamlab.models.mdnrnn import MDNRNNConfig
-    from dreamlab.pipeline import Run, stage_collect, stage_encode, stage_mdnrnn, stage_vae
     from dreamlab.train.fit import TrainConfig
 
     quiet = {"progress": False, "tensorboard": False, "log_every": 50, "checkpoint_every": 500}

@@ -250,7 +250,7 @@ def test_cli_reports_divergence_in_one_line(
 ) -> None:
     """A diverged training stage (fit or Dreamer) ends the command with one line and code 3."""
     import dreamlab.cli as cli
-    from dreamlab.pipeline import ReportArgs
+    from dreamlab.generations.args import ReportArgs
 
     def diverge(args: ReportArgs) -> None:
         raise TrainingDivergedError("dreamer", 12, "the world-model loss", {"loss": float("nan")})

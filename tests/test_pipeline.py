@@ -8,14 +8,11 @@ from pathlib import Path
 import pytest
 
 from dreamlab.cli import main
-from dreamlab.pipeline import (
-    PipelineConfig,
-    Run,
-    RunConfig,
-    RunError,
-    get_run_preset,
-    run_pipeline,
-)
+from dreamlab.generations.args import PipelineConfig
+from dreamlab.generations.vmc.config import RunConfig, get_run_preset
+from dreamlab.generations.vmc.pipeline import run_pipeline
+from dreamlab.generations.vmc.run import Run
+from dreamlab.rundir import RunError
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +146,7 @@ def test_cli_dream_writes_a_video(debug_run: Path, tmp_path: Path) -> None:
 
 
 def test_raced_restarts_continue_the_best_seed_and_resume(debug_run: Path) -> None:
-    from dreamlab.pipeline import RESTARTS_FILE, stage_controller
+    from dreamlab.generations.vmc.controller import RESTARTS_FILE, stage_controller
     from dreamlab.train.evolve import EvolveConfig
 
     ecfg = EvolveConfig(
@@ -194,7 +191,8 @@ def test_iterating_fine_tunes_m_on_the_controllers_own_play(debug_run: Path) -> 
     import torch
 
     from dreamlab.data.store import EpisodeStore
-    from dreamlab.pipeline import dream_start_bank, stage_explore
+    from dreamlab.generations.vmc.controller import dream_start_bank
+    from dreamlab.generations.vmc.iterate import stage_explore
     from dreamlab.train.fit import sequence_batches
 
     run = Run.open(debug_run)
@@ -242,7 +240,7 @@ def test_iterating_fine_tunes_m_on_the_controllers_own_play(debug_run: Path) -> 
 def test_bad_iteration_settings_are_refused(
     tmp_path: Path, field: str, value: float, message: str
 ) -> None:
-    from dreamlab.pipeline import stage_first_controller
+    from dreamlab.generations.vmc.iterate import stage_first_controller
 
     run = Run.open(tmp_path / "r", "catch-debug")
     setattr(run.config, field, value)
@@ -292,14 +290,14 @@ class _TimedWorldModel:
 
 
 def test_dream_precision_auto_measures_the_faster_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dreamlab.pipeline as pipeline
-    from dreamlab.pipeline import dream_precision
+    import dreamlab.generations.vmc.precision as precision
+    from dreamlab.generations.vmc.precision import dream_precision
 
     assert dream_precision("float32") == "float32" and dream_precision("bfloat16") == "bfloat16"
     assert dream_precision("auto") == "float32"  # nothing to measure on a CPU
     with pytest.raises(RunError, match="dream_precision"):
         dream_precision("float8")  # type: ignore[arg-type]
-    monkeypatch.setattr(pipeline, "cpu_has_bfloat16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: True)
     for slow in ("float32", "bfloat16"):
         models = {
             p: _TimedWorldModel(0.02 if p == slow else 0.001) for p in ("float32", "bfloat16")
@@ -308,5 +306,5 @@ def test_dream_precision_auto_measures_the_faster_one(monkeypatch: pytest.Monkey
         assert dream_precision("auto", models.__getitem__, num_dreams=4) == fast
     even = {p: _TimedWorldModel(0.01) for p in ("float32", "bfloat16")}
     assert dream_precision("auto", even.__getitem__, num_dreams=4) == "float32"  # no clear win
-    monkeypatch.setattr(pipeline, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: False)
     assert dream_precision("auto", models.__getitem__, num_dreams=4) == "float32"

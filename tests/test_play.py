@@ -238,9 +238,9 @@ def _tiny_vm_run(root: Path) -> Path:
     """A run directory with untrained small V and M on 32x32 Catch and two episodes."""
     from dreamlab.checkpoint import save_model
     from dreamlab.data.collect import CollectConfig, collect
+    from dreamlab.generations.vmc.config import get_run_preset
     from dreamlab.models.mdnrnn import MDNRNN
     from dreamlab.models.vae import VAE
-    from dreamlab.pipeline import get_run_preset
 
     cfg = get_run_preset("catch-test")
     run = root / "run"
@@ -298,7 +298,7 @@ def test_load_play_model_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a run directory"):
         load_play_model(tmp_path)
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="no trained world model"):
+    with pytest.raises(ValueError, match="no trained V"):
         load_play_model(tmp_path)
 
 

@@ -18,10 +18,10 @@ from dreamlab.data.store import EpisodeStore
 from dreamlab.dream import DreamEnv, DreamVecEnv
 from dreamlab.envs import make_env
 from dreamlab.eval.evaluate import evaluate_policy
+from dreamlab.generations.rssm.trainer import Replay
+from dreamlab.generations.rssm.worldmodel import RSSMWorldModel, rssm_start_states
 from dreamlab.models import frames_to_tensor
 from dreamlab.models.rssm import RSSM, RSSMConfig, TwoHot, rssm_preset, symexp, symlog
-from dreamlab.rssm_worldmodel import RSSMWorldModel, rssm_start_states
-from dreamlab.train.dreamer import Replay
 from dreamlab.worldmodel import WorldModel
 
 TINY = rssm_preset("tiny", frame_size=32, action_kind="continuous", action_dim=1)

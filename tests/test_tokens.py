@@ -16,6 +16,7 @@ from dreamlab.dream import DreamVecEnv
 from dreamlab.envs import make_env
 from dreamlab.envs.catch import CatchEnv
 from dreamlab.envs.scenarios import CATCH_WORDS, ball_scenarios, parse_prompt, prompt_mask
+from dreamlab.generations.tokens.worldmodel import TokenWorldModel, token_start_bank
 from dreamlab.models import frames_to_tensor
 from dreamlab.models.tokens import (
     TokenTransformer,
@@ -23,7 +24,6 @@ from dreamlab.models.tokens import (
     token_transformer_preset,
 )
 from dreamlab.models.vq import VQConfig, VQTokenizer, vq_preset
-from dreamlab.token_worldmodel import TokenWorldModel, token_start_bank
 from dreamlab.worldmodel import ActionSpec, WorldModel
 
 torch.set_num_threads(1)
@@ -182,12 +182,15 @@ def test_a_tiny_transformer_learns_a_deterministic_next_frame(seed: int, check: 
             "terminated": torch.zeros(n, 3),
         }
 
+    # 300 steps with the gradient norm clipped at 1: next-frame accuracy 1.0 on all 12 seeds
+    # tried (150 unclipped steps left 7 of 10 seeds between 0.75 and 0.94; BENCHMARKS.md).
     losses = []
-    for _ in range(150):
+    for _ in range(300):
         loss, _ = tf.compute_loss(batch(32))
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(tf.parameters(), 1.0)
         opt.step()
     check("loss last / first", np.mean(losses[-10:]) / np.mean(losses[:10]), "<", 0.3)
     tf.eval()
@@ -316,7 +319,7 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tiny_run_config() -> object:
-    from dreamlab.token_pipeline import token_preset
+    from dreamlab.generations.tokens.config import token_preset
 
     return dataclasses.replace(
         token_preset("tiny"),
@@ -335,8 +338,9 @@ def _tiny_run_config() -> object:
 def test_token_run_checkpoints_resume_and_agent_predict(
     small_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dreamlab.token_pipeline as tp
+    import dreamlab.generations.tokens.train as tp
     from dreamlab.eval.evaluate import evaluate_policy
+    from dreamlab.generations.tokens.run import load_token_run
 
     cfg = _tiny_run_config()
     out = tmp_path / "run"
@@ -359,7 +363,7 @@ def test_token_run_checkpoints_resume_and_agent_predict(
     with pytest.raises(ValueError, match="other settings"):
         tp.train_tokens(dataclasses.replace(cfg, vq_steps=5), out, data=small_store, progress=False)
 
-    _, wm, agent = tp.load_token_run(out)
+    _, wm, agent = load_token_run(out)
     assert agent is not None
     obs = catch_frames(1)[:4]
     t1 = run.world_model.tokenizer.tokenize(frames_to_tensor(obs))
@@ -370,21 +374,24 @@ def test_token_run_checkpoints_resume_and_agent_predict(
     assert len(res.returns) == 2
     assert np.isfinite(res.returns).all()
 
-    from dreamlab.pipeline import DreamArgs, dream
+    from dreamlab.generations import get
+    from dreamlab.generations.args import DreamArgs
 
-    video = dream(DreamArgs(out, tmp_path / "d.gif", steps=5, prompt="fast from-left"))
+    dream = get("tokens").dream
+    video = dream(out, DreamArgs(out, tmp_path / "d.gif", steps=5, prompt="fast from-left"))
     assert video.exists()
     with pytest.raises(ValueError, match="vocabulary is: fast, slow, from-left, from-right"):
-        dream(DreamArgs(out, tmp_path / "d.gif", steps=5, prompt="quick"))
+        dream(out, DreamArgs(out, tmp_path / "d.gif", steps=5, prompt="quick"))
     with pytest.raises(ValueError, match="needs a token run"):
-        dream(DreamArgs(tmp_path, tmp_path / "d.gif", steps=5, prompt="fast"))
+        dream(tmp_path, DreamArgs(tmp_path, tmp_path / "d.gif", steps=5, prompt="fast"))
 
 
 @pytest.mark.slow
 def test_build_contender_and_measurements(small_store: Path, tmp_path: Path) -> None:
     from dreamlab.data.store import EpisodeStore
     from dreamlab.eval.contender import CompareContext
-    from dreamlab.token_pipeline import build_contender, open_loop_fidelity, prompt_agreement
+    from dreamlab.generations.tokens.contender import build_contender
+    from dreamlab.generations.tokens.probe import open_loop_fidelity, prompt_agreement
 
     ctx = CompareContext(
         data=EpisodeStore.open(small_store),

@@ -19,26 +19,21 @@ from dreamlab.cli import main as cli_main
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.store import EpisodeStore
 from dreamlab.dream import DreamEnv, DreamVecEnv
-from dreamlab.ensemble import EnsembleWorldModel
 from dreamlab.eval.futures import sample_futures
-from dreamlab.eval.uncertainty import one_step_uncertainty, rankdata, spearman
+from dreamlab.generations.vmc import train_ensemble as ensemble_mod
+from dreamlab.generations.vmc.controller import stage_controller
+from dreamlab.generations.vmc.disagreement import one_step_uncertainty, rankdata, spearman
+from dreamlab.generations.vmc.ensemble import EnsembleWorldModel
+from dreamlab.generations.vmc.run import Run
+from dreamlab.generations.vmc.stages import stage_collect, stage_encode, stage_mdnrnn, stage_vae
+from dreamlab.generations.vmc.train_ensemble import load_ensemble, member_dirs, train_ensemble
+from dreamlab.generations.vmc.uncertainty import ENSEMBLE_DIR, ensemble_world_model, stage_ensemble
+from dreamlab.generations.vmc.worldmodel import start_latents_from_store
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
-from dreamlab.pipeline import (
-    Run,
-    RunError,
-    stage_collect,
-    stage_controller,
-    stage_encode,
-    stage_mdnrnn,
-    stage_vae,
-)
-from dreamlab.train import ensemble as ensemble_mod
+from dreamlab.rundir import RunError
 from dreamlab.train.encode import encode_store
-from dreamlab.train.ensemble import load_ensemble, member_dirs, train_ensemble
 from dreamlab.train.evolve import EvolveConfig
 from dreamlab.train.fit import TrainConfig
-from dreamlab.uncertainty import ENSEMBLE_DIR, ensemble_world_model, stage_ensemble
-from dreamlab.worldmodel import start_latents_from_store
 
 QUIET = {"progress": False, "tensorboard": False, "log_every": 50, "checkpoint_every": 500}
 
@@ -200,7 +195,7 @@ def test_controller_trains_with_pessimism_and_acts_in_reality(run: Run, one_thre
     )
     stage_controller(run, "zh", ecfg, pessimism=1.0, name="controller_pess")
     assert (run / "controller_pess" / "model.safetensors").exists()
-    from dreamlab.pipeline import evaluate_agent
+    from dreamlab.generations.vmc.evaluate import evaluate_agent
 
     scores = evaluate_agent(run, "controller_pess", 2, video=False, progress=False)
     assert scores["episodes"] == 2

@@ -9,16 +9,10 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
+from dreamlab.data.action_log import align_actions, parse_action_space, read_action_log
+from dreamlab.data.frames import read_frames
 from dreamlab.data.store import EpisodeStore
-from dreamlab.data.video_io import (
-    VideoImportConfig,
-    align_actions,
-    export_episodes,
-    import_videos,
-    parse_action_space,
-    read_action_log,
-    read_frames,
-)
+from dreamlab.data.video_io import VideoImportConfig, export_episodes, import_videos
 
 NUM_FRAMES = 12
 DISCRETE3 = {"type": "Discrete", "n": 3, "start": 0}

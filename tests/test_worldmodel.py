@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
-from dreamlab.models.vae import VAE, VAEConfig
-from dreamlab.worldmodel import (
-    ActionSpec,
-    State,
+from dreamlab.generations.vmc.worldmodel import (
     VMWorldModel,
-    WorldModel,
     memory_start_latents,
-    select_state,
     start_latents_from_store,
 )
+from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
+from dreamlab.models.vae import VAE, VAEConfig
+from dreamlab.worldmodel import ActionSpec, State, WorldModel, select_state
 
 TINY_VAE = VAEConfig(
     frame_size=16, z_dim=4, enc_channels=(8, 8), dec_channels=(8,), dec_kernels=(6, 6), dec_dense=16
@@ -320,7 +317,7 @@ def catch_vm(discrete: bool = False) -> VMWorldModel:
 
 
 def catch_agent(discrete: bool = False) -> Any:
-    from dreamlab.agent import WorldModelAgent
+    from dreamlab.generations.vmc.agent import WorldModelAgent
     from dreamlab.models.controller import Controller, ControllerConfig
 
     space = gym.spaces.Discrete(3) if discrete else gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -348,8 +345,8 @@ def test_agent_predict_single_and_batched_with_memory_resets() -> None:
 
 
 def test_agent_save_load_round_trip_and_plays_real_catch(tmp_path: Any) -> None:
-    from dreamlab.agent import WorldModelAgent, WorldModelAgentFactory
     from dreamlab.envs import make_env
+    from dreamlab.generations.vmc.agent import WorldModelAgent, WorldModelAgentFactory
     from dreamlab.train.evaluators import EnvRollout, run_episode
 
     agent = catch_agent()

@@ -13,35 +13,26 @@ import tyro
 
 from dreamlab.bc.commands import TrainBCArgs, train_bc_cmd
 from dreamlab.bc.compare import CompareArgs, run_compare
+from dreamlab.commands import dream, evaluate, report, run_pipeline
+from dreamlab.compare_models import CompareModelsArgs, compare_models
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.video_io import VideoImportConfig, import_command
-from dreamlab.diffusion_pipeline import TrainDiffusionConfig, train_diffusion_cmd
-from dreamlab.dreamer_pipeline import TrainDreamerArgs, train_dreamer_cmd
-from dreamlab.eval.compare_models import CompareModelsArgs, compare_models
-from dreamlab.pipeline import (
-    DreamArgs,
+from dreamlab.generations.args import DreamArgs, EvaluateArgs, PipelineConfig, ReportArgs
+from dreamlab.generations.diffusion.pipeline import train_diffusion_cmd
+from dreamlab.generations.diffusion.train import TrainDiffusionConfig
+from dreamlab.generations.rssm.pipeline import TrainDreamerArgs, train_dreamer_cmd
+from dreamlab.generations.tokens.train import TrainTokensArgs, train_tokens_cmd
+from dreamlab.generations.vmc.commands import (
     EncodeArgs,
-    EvaluateArgs,
-    PipelineConfig,
-    ReportArgs,
-    RunError,
     TrainControllerArgs,
     TrainMDNRNNArgs,
     TrainVAEArgs,
-    dream,
     encode,
-    evaluate,
-    report,
-    run_pipeline,
     train_controller,
     train_mdnrnn,
     train_vae,
 )
-from dreamlab.play.export import ExportVideoArgs, export_video
-from dreamlab.play.server import PlayArgs, play
-from dreamlab.token_pipeline import TrainTokensArgs, train_tokens_cmd
-from dreamlab.train.fit import TrainingDivergedError
-from dreamlab.uncertainty import (
+from dreamlab.generations.vmc.uncertainty import (
     FuturesArgs,
     TrainEnsembleArgs,
     UncertaintyArgs,
@@ -49,6 +40,10 @@ from dreamlab.uncertainty import (
     measure_uncertainty,
     train_ensemble_cmd,
 )
+from dreamlab.play.export import ExportVideoArgs, export_video
+from dreamlab.play.server import PlayArgs, play
+from dreamlab.rundir import RunError
+from dreamlab.train.fit import TrainingDivergedError
 
 
 @dataclass

@@ -10,11 +10,12 @@
 Observations are the controller features ``world_model.features(state)`` (``[z, h]`` for V+M),
 actions are the real env's actions, rewards and terminations come from the world model, and
 ``render()`` decodes what the model imagines. Dreams begin at rows of a *start bank* drawn from
-real data (see :func:`dreamlab.worldmodel.start_latents_from_store`).
+real data (see :func:`dreamlab.generations.vmc.worldmodel.start_latents_from_store`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -25,7 +26,7 @@ from gymnasium.vector.utils import batch_space
 
 from dreamlab.worldmodel import StartLatents, State, WorldModel, check_start_latents
 
-__all__ = ["DreamEnv", "DreamVecEnv", "frames_to_uint8"]
+__all__ = ["DreamEnv", "DreamVecEnv", "frames_to_uint8", "record_dream"]
 
 
 def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -394,3 +395,56 @@ def dream_feature_stats(
     mean = total / count  # (F,)
     var = (total_sq / count - mean**2).clamp(min=0.0)  # (F,)
     return mean.float(), var.sqrt().clamp(min=1e-3).float()
+
+
+def record_dream(
+    world_model: WorldModel,
+    start_latents: StartLatents,
+    action_space: gym.Space[Any],
+    policy: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    steps: int = 150,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """One dream from a random row of the start bank, decoded: what ``dreamlab dream`` films.
+
+    Args:
+        world_model: the dream's world model.
+        start_latents: its start bank.
+        action_space: the real env's action space.
+        policy: features ``(1, F)`` -> actions ``(1,)`` int64 or ``(1, A)`` float (a dream
+            policy, as compare-models' contenders have); ``None`` acts uniformly at random.
+        steps: at most this many steps (the dream may end sooner).
+        temperature: sampling temperature of the dream.
+        seed: seeds the start row, the dream's samples and the random actions.
+
+    Returns:
+        The decoded frames, uint8 ``(T + 1, H, W, 3)`` (the start included).
+    """
+    env = DreamEnv(
+        world_model,
+        start_latents,
+        action_space,
+        temperature=temperature,
+        max_episode_steps=steps,
+        render_mode="rgb_array",
+    )
+    action_space.seed(seed)
+    obs, _ = env.reset(seed=seed)
+    frames = [env.render()]
+    try:
+        for _ in range(steps):
+            if policy is None:
+                action = action_space.sample()
+            else:
+                with torch.inference_mode():
+                    feats = torch.as_tensor(obs, device=world_model.device)[None]  # (1, F)
+                    action = policy(feats)[0].cpu().numpy()
+            obs, _, terminated, truncated, _ = env.step(action)
+            frames.append(env.render())
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    return np.stack(frames)

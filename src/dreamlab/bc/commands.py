@@ -1,6 +1,6 @@
 """``dreamlab train-bc``: demonstrations and a BC policy inside a run directory.
 
-This module works at the level of :mod:`dreamlab.pipeline` (run directories), on top of the
+This module works at the level of :mod:`dreamlab.generations.vmc.run` (run directories), on top of the
 library functions in :mod:`dreamlab.bc.data` and :mod:`dreamlab.bc.train`::
 
     RUN/demos/      the demonstrations (an episode store), unless --demos names another store
@@ -109,7 +109,7 @@ def train_bc_in(
         raise ValueError(f"train-bc: inputs={inputs!r}; expected 'pixels' or 'latent'")
     if world_model_run is None:
         raise ValueError("train-bc: --inputs latent needs a run with vae/ and mdnrnn/")
-    from dreamlab.pipeline import Run
+    from dreamlab.generations.vmc.run import Run
 
     wm_run = Run.open(world_model_run)
     world_model = wm_run.world_model("zh")
@@ -161,7 +161,7 @@ class TrainBCArgs:
 
 def train_bc_cmd(args: TrainBCArgs) -> FitResult:
     """The ``train-bc`` command: demonstrations (if needed), then one BC policy."""
-    from dreamlab.pipeline import Run
+    from dreamlab.generations.vmc.run import Run
 
     root = Path(args.run)
     run = Run.open(root, args.preset if (root / "config.json").exists() else args.preset or "catch")

@@ -112,10 +112,10 @@ def _catch_config(env: str, **overrides: Any) -> Any:
 
 def _agent_factory(args: CompareArgs, wm_run: Any) -> Callable[[str, str, float], Any]:
     """``(agent, kind, strength) -> policy``; models are loaded once."""
-    from dreamlab.agent import WorldModelAgent
     from dreamlab.bc.policy import BCPolicy
     from dreamlab.envs.policies import make_policy
     from dreamlab.envs.shift import harder_catch_kwargs
+    from dreamlab.generations.vmc.agent import WorldModelAgent
 
     env = wm_run.config.env
     space = wm_run.action_space()
@@ -180,7 +180,9 @@ def run_compare(args: CompareArgs) -> dict[str, Any]:
     """
     from dreamlab.envs.shift import make_shifted_env
     from dreamlab.eval.evaluate import evaluate_policy
-    from dreamlab.pipeline import PipelineConfig, Run, run_pipeline
+    from dreamlab.generations.args import PipelineConfig
+    from dreamlab.generations.vmc.pipeline import run_pipeline
+    from dreamlab.generations.vmc.run import Run
     from dreamlab.progress import tqdm
 
     t0 = time.perf_counter()

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dreamlab.data.store import EpisodeStore, StoreMeta
+from dreamlab.data.rollout import EpisodeResult, play_episodes
+from dreamlab.data.schema import StoreMeta
+from dreamlab.data.store import EpisodeStore
 from dreamlab.models import frames_to_tensor
 from dreamlab.worldmodel import WorldModel
 
@@ -55,8 +57,6 @@ def record_demos(
         episodes: episodes the store must hold at the end.
         name: recorded as the episodes' ``policy`` and in the store's metadata.
     """
-    from gymnasium import spaces
-
     from dreamlab.envs import make_env, preset_to_dict, resolve_preset
     from dreamlab.progress import tqdm
 
@@ -73,34 +73,18 @@ def record_demos(
             extra={"collect": {"seed": seed, "policy": name}},
         )
         store = EpisodeStore.open_or_create(out, meta)
-        discrete = isinstance(game.action_space, spaces.Discrete)
-        for i in tqdm(store.missing(episodes), desc=f"demos {name}", disable=not progress):
-            obs, _ = game.reset(seed=seed + i)
-            frames, actions, rewards, terms, truncs = [obs], [], [], [], []
-            state: Any = None
-            start = np.ones(1, dtype=bool)
-            while True:
-                act, state = policy.predict(obs[None], state, start)
-                start[:] = False
-                action = np.asarray(act)[0]
-                obs, reward, terminated, truncated, _ = game.step(
-                    int(action) if discrete else action
-                )
-                frames.append(obs)
-                actions.append(action)
-                rewards.append(float(reward))
-                terms.append(bool(terminated))
-                truncs.append(bool(truncated))
-                if terminated or truncated:
-                    break
-            arrays = {
-                "obs": np.stack(frames).astype(np.uint8, copy=False),  # (T+1, H, W, 3)
-                "action": np.asarray(actions, np.int64 if discrete else np.float32),  # (T, ...)
-                "reward": np.asarray(rewards, np.float32),  # (T,)
-                "terminated": np.asarray(terms, bool),  # (T,)
-                "truncated": np.asarray(truncs, bool),  # (T,)
-            }
-            store.append(arrays, index=i, info={"seed": str(seed + i), "policy": name})
+        missing = store.missing(episodes)
+        with tqdm(total=len(missing), desc=f"demos {name}", disable=not progress) as bar:
+
+            def keep(result: EpisodeResult) -> None:
+                assert result.arrays is not None  # keep_arrays
+                i = missing[result.number]
+                store.append(result.arrays, index=i, info={"seed": str(seed + i), "policy": name})
+                bar.update(1)
+
+            if missing:
+                seeds = [seed + i for i in missing]
+                play_episodes([game], policy, seeds, keep_arrays=True, on_episode=keep)
     finally:
         game.close()
     return store

@@ -8,7 +8,7 @@
   way, see :mod:`dreamlab.bc.data`).
 - Feature inputs: the state is the world model's (V+M: ``z``, ``h``, ``c``). Per call: observe the
   frame, read the features, act, advance M's memory with the action taken, the same loop as the
-  V+M+C agent (:class:`dreamlab.agent.WorldModelAgent`).
+  V+M+C agent (:class:`dreamlab.generations.vmc.agent.WorldModelAgent`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from dreamlab.checkpoint import CheckpointError, load_model
+from dreamlab.generations.vmc.evaluate import register_agent
 from dreamlab.io import atomic_write_json, read_json
 from dreamlab.models import frames_to_tensor
 from dreamlab.models.bc import BCNet
@@ -176,10 +177,10 @@ def write_source(bc_dir: str | Path, source: dict[str, Any]) -> None:
 
 def load_vm_world_model(run_dir: Path, action_space: dict[str, Any] | None) -> WorldModel:
     """V+M of a pipeline run directory (``vae/``, ``mdnrnn/``) as a world model with [z, h]."""
-    from dreamlab.data.store import space_from_description
+    from dreamlab.data.schema import space_from_description
+    from dreamlab.generations.vmc.worldmodel import VMWorldModel
     from dreamlab.models.mdnrnn import MDNRNN
     from dreamlab.models.vae import VAE
-    from dreamlab.worldmodel import VMWorldModel
 
     for part in ("vae", "mdnrnn"):
         if not (run_dir / part / "config.json").exists():
@@ -190,3 +191,9 @@ def load_vm_world_model(run_dir: Path, action_space: dict[str, Any] | None) -> W
     mdnrnn = load_model(run_dir / "mdnrnn", MDNRNN)
     assert isinstance(vae, VAE) and isinstance(mdnrnn, MDNRNN)
     return VMWorldModel(vae, mdnrnn, space_from_description(action_space), features="zh")
+
+
+# `dreamlab evaluate --agent bc bc_latent` on a V/M/C run scores what `dreamlab train-bc` saved in
+# RUN/bc and RUN/bc_latent (bc_latent reads the V+M recorded in its bc.json)
+register_agent("bc", BCPolicy.load, "train-bc")
+register_agent("bc_latent", BCPolicy.load, "train-bc")

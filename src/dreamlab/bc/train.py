@@ -17,7 +17,8 @@ from gymnasium import spaces
 
 from dreamlab.bc.data import feature_batches, feature_dataset, pixel_batches
 from dreamlab.bc.policy import read_source, write_source
-from dreamlab.data.store import EpisodeStore, space_from_description
+from dreamlab.data.schema import space_from_description
+from dreamlab.data.store import EpisodeStore
 from dreamlab.io import read_json
 from dreamlab.models.bc import BCConfig, BCNet
 from dreamlab.train.fit import FitResult, TrainConfig, fit

@@ -1,16 +1,21 @@
 """Episodes: the store (one safetensors file per episode), samplers, collection, Minari I/O.
 
+Modules: :mod:`~dreamlab.data.schema` (what a store holds), :mod:`~dreamlab.data.episode_file`
+(one episode file), :mod:`~dreamlab.data.store` (the store), :mod:`~dreamlab.data.sampling`,
+:mod:`~dreamlab.data.rollout` (the one loop that plays a policy in real envs),
+:mod:`~dreamlab.data.collect`, :mod:`~dreamlab.data.minari_io`, :mod:`~dreamlab.data.action_log`,
+:mod:`~dreamlab.data.frames` and :mod:`~dreamlab.data.video_io` (recorded videos in and out).
+
 ``collect``/``CollectConfig``/``CollectSummary`` and ``export_minari``/``import_minari`` are
 loaded on first use, so reading a store does not import the environments or minari.
 """
 
 from typing import Any
 
+from dreamlab.data.episode_file import EpisodeReader
 from dreamlab.data.sampling import FrameSampler, SequenceSampler
-from dreamlab.data.store import (
+from dreamlab.data.schema import (
     ArraySpec,
-    EpisodeReader,
-    EpisodeStore,
     StoreError,
     StoreMeta,
     describe_space,
@@ -19,6 +24,7 @@ from dreamlab.data.store import (
     space_from_description,
     transition_schema,
 )
+from dreamlab.data.store import EpisodeStore
 
 _LAZY = {
     "CollectConfig": "dreamlab.data.collect",

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from dreamlab.data.store import EpisodeStore, StoreError, StoreMeta
+from dreamlab.data.schema import StoreError, StoreMeta
+from dreamlab.data.store import EpisodeStore
 
 
 @dataclass

@@ -22,13 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from dreamlab.data.store import (
-    EpisodeStore,
-    StoreError,
-    StoreMeta,
-    describe_space,
-    space_from_description,
-)
+from dreamlab.data.schema import StoreError, StoreMeta, describe_space, space_from_description
+from dreamlab.data.store import EpisodeStore
 
 _META_KEY = "dreamlab_store"
 """Key of the dataset metadata holding the exporting store's store.json."""

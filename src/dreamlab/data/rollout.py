@@ -54,6 +54,7 @@ def play_episodes(
     keep_arrays: bool = False,
     max_episode_steps: int | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
+    on_step: Callable[[], bool] | None = None,
 ) -> list[EpisodeResult]:
     """Play ``len(seeds)`` episodes of ``policy`` in the lockstep slots ``envs``.
 
@@ -66,9 +67,13 @@ def play_episodes(
         keep_arrays: return every episode's arrays (``EpisodeResult.arrays``).
         max_episode_steps: truncate an episode here if the env has not ended it by itself.
         on_episode: called as each episode ends (e.g. to store it, or to advance a progress bar).
+        on_step: called after every lockstep step (after that step's ``on_episode`` calls), e.g.
+            to learn online between steps; returning True stops at once, and the episodes in
+            flight are dropped.
 
     Returns:
-        One :class:`EpisodeResult` per seed, in the order of ``seeds``.
+        One :class:`EpisodeResult` per finished episode (per seed unless ``on_step`` stopped
+        early), in the order of ``seeds``.
     """
     if not envs:
         raise ValueError("play_episodes: no envs given")
@@ -144,4 +149,6 @@ def play_episodes(
             if terminated or truncated:
                 finish(slot, info)
                 start(slot)
+        if on_step is not None and on_step():
+            break
     return [r for r in results if r is not None]

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from dreamlab.data.store import EpisodeStore, StoreError
+from dreamlab.data.schema import StoreError
+from dreamlab.data.store import EpisodeStore
 
 
 def _group_by_episode(episode_pos: np.ndarray) -> list[np.ndarray]:

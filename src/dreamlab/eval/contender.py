@@ -6,9 +6,9 @@ inside it on ``ctx.data`` (the same episodes for every generation), resumably in
 returns the trained pieces. ``compare-models`` then measures every contender the same way:
 open-loop fidelity, the real-env score of its agent, the dream-vs-real gap, size and speed.
 
-Builders are registered by name in :data:`dreamlab.eval.compare_models.BUILDERS` as
-``"module:function"`` strings and imported only when asked for, so this layer does not import the
-generations' code.
+Each generation registers its builder as ``build_contender`` (and the name ``--models`` knows it
+by as ``contender_name``) in its :class:`~dreamlab.generations.Generation`, so this layer does not
+import the generations' code.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from dreamlab.worldmodel import StartLatents, WorldModel
 
-__all__ = ["CompareContext", "Contender", "ContenderBuilder"]
+__all__ = ["CompareContext", "Contender", "ContenderBuilder", "num_params"]
 
 
 @dataclass
@@ -74,3 +74,8 @@ class Contender:
 
 ContenderBuilder = Callable[[CompareContext], Contender]
 """``build(ctx) -> Contender``."""
+
+
+def num_params(*modules: torch.nn.Module) -> int:
+    """Trainable parameters of ``modules`` together (a contender's ``params_*``)."""
+    return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -20,7 +21,7 @@ import numpy as np
 from dreamlab.data.rollout import EpisodeResult, Policy, play_episodes
 from dreamlab.progress import tqdm
 
-__all__ = ["EvalResult", "Policy", "evaluate_policy"]
+__all__ = ["EvalResult", "Policy", "evaluate_policy", "score_agents"]
 
 
 @dataclass
@@ -143,3 +144,66 @@ def evaluate_policy(
         best_frames=best[1],
         worst_frames=worst[1],
     )
+
+
+def score_agents(
+    out_dir: str | Path,
+    trained: Policy | None,
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    names: Sequence[str],
+    episodes: int,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``dreamlab evaluate`` for a run of any generation: score each agent of ``names``
+    (``controller`` = the run's ``trained`` agent, ``random``, ``expert``) over ``episodes``
+    real episodes on the same seeds, write ``OUT/eval.json`` (merged with earlier agents') and
+    videos of each agent's best and worst episode, print one line per agent.
+
+    Raises:
+        ValueError: an agent name this run cannot give, or no trained agent yet.
+    """
+    from dreamlab.envs import make_env
+    from dreamlab.envs.policies import make_policy
+    from dreamlab.io import atomic_write_json, read_json
+    from dreamlab.viz import write_video
+
+    out = Path(out_dir)
+    known = ("controller", "random", "expert")
+    for name in names:
+        if name not in known:
+            raise ValueError(f"{out}: agent {name!r} is not one this run has; use {known}")
+    if "controller" in names and trained is None:
+        raise ValueError(f"{out}: no trained agent yet; run `dreamlab pipeline --run {out}` first")
+    space_env = make_env(env_id, **env_kwargs)
+    space = space_env.action_space
+    space_env.close()
+    file = out / "eval.json"
+    results: dict[str, Any] = read_json(file, "eval") if file.exists() else {}
+    results.setdefault("agents", {})
+    for name in names:
+        policy = trained if name == "controller" else make_policy(name, space, seed=seed)
+        assert policy is not None
+        r = evaluate_policy(
+            lambda: make_env(env_id, **env_kwargs),
+            policy,
+            episodes,
+            env_name=env_id,
+            seed=seed,
+            progress=progress,
+            desc=f"evaluate {name}",
+        )
+        summary = r.summary()
+        for which, frames in (("best", r.best_frames), ("worst", r.worst_frames)):
+            if frames is not None:
+                write_video(out / f"eval_{name}_{which}.mp4", frames, fps=15)
+        results["agents"][name] = summary
+        extra = f", catch rate {summary['catch_rate']:.2f}" if "catch_rate" in summary else ""
+        print(
+            f"{name:>18}: return {summary['mean_return']:.2f} ± {summary['std_return']:.2f} "
+            f"over {summary['episodes']} episodes{extra}"
+        )
+    atomic_write_json(file, results)
+    return results

@@ -3,9 +3,9 @@
 The model observes a few real frames, then imagines K futures of the same action sequence at
 once (one batch of K dreams), each with its own MDN samples at temperature tau. Where the K
 futures agree the model is sure; where they fan out it is not. Works on any
-:class:`~dreamlab.worldmodel.WorldModel` (only ``initial_state``/``observe``/``step``/``decode``
-are used); if the state carries ``disagreement`` (an :class:`~dreamlab.ensemble.EnsembleWorldModel`)
-that is recorded too.
+:class:`~dreamlab.worldmodel.WorldModel` (the open-loop runner :func:`dreamlab.eval.openloop.imagine`
+uses only ``initial_state``/``observe``/``step``/``decode``); if the state carries
+``disagreement`` (an ensemble of V+M world models) that is recorded too.
 
 Pictures: :func:`plot_futures_frames` (rows: the real frames, a few of the K samples, the mean
 frame and the per-pixel spread across samples; columns: steps) and :func:`plot_reward_fan`
@@ -24,7 +24,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dreamlab.dream import frames_to_uint8
+from dreamlab.eval.openloop import imagine
 from dreamlab.io import atomic_path
 from dreamlab.models import frames_to_tensor
 from dreamlab.viz import save_image_grid
@@ -97,13 +97,6 @@ def _frames_tensor(frames: np.ndarray | torch.Tensor, device: torch.device) -> t
     return frames_to_tensor(arr, device)
 
 
-def _repeat(action: np.ndarray | torch.Tensor, k: int) -> torch.Tensor:
-    """One action (``()`` int or ``(A,)`` float) -> the same action for K dreams."""
-    a = torch.as_tensor(np.asarray(action))
-    return a.unsqueeze(0).expand(k, *a.shape).clone()  # (K,) or (K, A)
-
-
-@torch.inference_mode()
 def sample_futures(
     world_model: WorldModel,
     frames_context: np.ndarray | torch.Tensor,
@@ -152,35 +145,25 @@ def sample_futures(
             f"actions, got {len(ctx_acts)}"
         )
     k = num_samples
-    gen = torch.Generator(device=device).manual_seed(seed)
-    state = world_model.initial_state(k)
-    for t in range(num_context):
-        frame = context[t : t + 1].expand(k, *context.shape[1:])  # (K, 3, H, W)
-        state = world_model.observe(state, frame)
-        if t < num_context - 1:
-            state, _, _ = world_model.step(state, _repeat(ctx_acts[t], k), temperature, gen)
-    frames = [frames_to_uint8(world_model.decode(state))]
-    latents = [state["z"].float().cpu().numpy()] if "z" in state else None
-    rewards, terms, disagreement = [], [], []
-    for t in range(len(acts)):
-        state, reward, terminated = world_model.step(state, _repeat(acts[t], k), temperature, gen)
-        frames.append(frames_to_uint8(world_model.decode(state)))
-        rewards.append(reward.float().cpu().numpy())
-        terms.append(terminated.cpu().numpy())
-        if latents is not None:
-            latents.append(state["z"].float().cpu().numpy())
-        if "disagreement" in state:
-            disagreement.append(state["disagreement"].float().cpu().numpy())
-    terminated_arr = np.stack(terms, axis=1)  # (K, H)
+    steps = torch.as_tensor(np.concatenate([ctx_acts, acts]))  # (C-1+H, ...)
+    run = imagine(
+        world_model,
+        context[None].expand(k, *context.shape),  # (K, C, 3, H, W)
+        steps[None].expand(k, *steps.shape),  # (K, C-1+H, ...)
+        temperature=temperature,
+        seed=seed,
+        record=("z", "disagreement"),
+    )
     # A step counts while no earlier step terminated (the terminating step itself counts).
-    ended_before = np.cumsum(terminated_arr, axis=1) - terminated_arr  # (K, H)
+    ended_before = np.cumsum(run.terminated, axis=1) - run.terminated  # (K, H)
+    disagreement = run.states.get("disagreement")
     return FuturesResult(
-        frames=np.stack(frames, axis=1),
-        reward=np.stack(rewards, axis=1).astype(np.float32),
-        terminated=terminated_arr,
+        frames=run.frames,
+        reward=run.reward,
+        terminated=run.terminated,
         alive=ended_before == 0,
-        latents=None if latents is None else np.stack(latents, axis=1),
-        disagreement=np.stack(disagreement, axis=1) if disagreement else None,
+        latents=run.states.get("z"),
+        disagreement=None if disagreement is None else disagreement[:, 1:],
         temperature=float(temperature),
     )
 

@@ -20,7 +20,6 @@ reward / termination classifier so that dreams have rewards and endings.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -29,19 +28,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamlab.models import foreground_weights
+from dreamlab.models.edm import (
+    ddpm_sample,
+    edm_precondition,
+    euler_sample,
+    heun_sample,
+    karras_sigmas,
+    sinusoidal_embedding,
+)
+from dreamlab.models.unet import UNet
 
 __all__ = [
     "DIFFUSION_PRESETS",
     "DiffusionConfig",
     "DiffusionModel",
     "RewardEndModel",
-    "UNet",
-    "ddpm_sample",
     "diffusion_preset",
-    "edm_precondition",
-    "euler_sample",
-    "heun_sample",
-    "karras_sigmas",
     "parameter_counts",
 ]
 
@@ -175,179 +177,7 @@ def diffusion_preset(name: str, **overrides: object) -> DiffusionConfig:
     return dataclasses.replace(DIFFUSION_PRESETS[name](), **overrides)  # type: ignore[arg-type]
 
 
-# ---------------------------------------------------------------------- EDM pieces (pure math)
-def edm_precondition(
-    sigma: torch.Tensor, sigma_data: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """EDM's ``(c_skip, c_out, c_in, c_noise)`` for noise levels ``sigma (...)``."""
-    var = sigma**2 + sigma_data**2
-    c_skip = sigma_data**2 / var
-    c_out = sigma * sigma_data / var.sqrt()
-    c_in = 1.0 / var.sqrt()
-    c_noise = sigma.log() / 4.0
-    return c_skip, c_out, c_in, c_noise
-
-
-def karras_sigmas(
-    num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0
-) -> torch.Tensor:
-    """The Karras schedule: ``num_steps`` levels from ``sigma_max`` down to ``sigma_min``, then 0.
-
-    ``sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``;
-    with ``num_steps == 1`` the single level is ``sigma_max``. Returns ``(num_steps + 1,)``.
-    """
-    if num_steps < 1:
-        raise ValueError(f"karras_sigmas: num_steps must be >= 1, got {num_steps}")
-    ramp = torch.linspace(0.0, 1.0, num_steps, dtype=torch.float64)
-    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
-    sigmas = (hi + ramp * (lo - hi)) ** rho
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]).float()
-
-
-def euler_sample(denoise, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """Integrate the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` with Euler.
-
-    Args:
-        denoise: ``D(x (B, ...), sigma (B,)) -> (B, ...)``.
-        x: the start ``(B, ...)``, noise at level ``sigmas[0]``.
-        sigmas: decreasing levels ending at 0 (e.g. :func:`karras_sigmas`).
-    """
-    for i in range(len(sigmas) - 1):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = (x - denoise(x, x.new_full((x.shape[0],), s))) / s
-        x = x + (s_next - s) * d
-    return x
-
-
-def heun_sample(denoise, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """Heun's second-order method on the same ODE (Euler on the last step, towards sigma=0)."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = (x - denoise(x, x.new_full((x.shape[0],), s))) / s
-        x_next = x + (s_next - s) * d
-        if s_next > 0:
-            d_next = (x_next - denoise(x_next, x.new_full((x.shape[0],), s_next))) / s_next
-            x_next = x + (s_next - s) * 0.5 * (d + d_next)
-        x = x_next
-    return x
-
-
-def ddpm_sample(  # type: ignore[no-untyped-def]
-    denoise, x: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Ancestral (DDPM-style) sampling: each step draws from the Gaussian posterior
-    ``q(x_{s'} | x_s, y = D(x_s, s))`` of the variance-exploding process, i.e. mean
-    ``y + (s'^2 / s^2)(x - y)`` and variance ``s'^2 (1 - s'^2 / s^2)``."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        y = denoise(x, x.new_full((x.shape[0],), s))
-        ratio = (s_next / s) ** 2
-        x = y + ratio * (x - y)
-        if s_next > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + s_next * math.sqrt(1.0 - ratio) * noise
-    return x
-
-
 # ---------------------------------------------------------------------- networks
-class AdaGroupNorm(nn.Module):
-    """Group norm whose scale and shift are predicted from the condition vector."""
-
-    def __init__(self, channels: int, cond_dim: int, groups: int) -> None:
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, affine=False)
-        self.proj = nn.Linear(cond_dim, 2 * channels)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.proj(cond)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
-        return self.norm(x) * (1.0 + scale) + shift
-
-
-class ResBlock(nn.Module):
-    """Two 3x3 convs with adaptive group norms, SiLU and a residual connection."""
-
-    def __init__(self, in_ch: int, out_ch: int, cond_dim: int, groups: int) -> None:
-        super().__init__()
-        self.norm1 = AdaGroupNorm(in_ch, cond_dim, groups)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = AdaGroupNorm(out_ch, cond_dim, groups)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        assert self.conv2.bias is not None
-        nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x, cond)))
-        h = self.conv2(F.silu(self.norm2(h, cond)))
-        return self.skip(x) + h
-
-
-class UNet(nn.Module):
-    """F of the denoiser: ``(noisy frame, context frames) (B, 3 + 3L, H, W) -> (B, 3, H, W)``."""
-
-    def __init__(self, config: DiffusionConfig) -> None:
-        super().__init__()
-        c = config
-        chans, groups, cd = c.channels, c.groups, c.cond_dim
-        self.patch = c.patch
-        self.conv_in = nn.Conv2d(3 * (c.context + 1) * c.patch**2, chans[0], 3, padding=1)
-        self.down = nn.ModuleList()
-        self.downsample = nn.ModuleList()
-        width = chans[0]
-        for i, (ch, depth) in enumerate(zip(chans, c.depths, strict=True)):
-            blocks = nn.ModuleList()
-            for _ in range(depth):
-                blocks.append(ResBlock(width, ch, cd, groups))
-                width = ch
-            self.down.append(blocks)
-            if i < len(chans) - 1:
-                self.downsample.append(nn.Conv2d(ch, chans[i + 1], 3, stride=2, padding=1))
-                width = chans[i + 1]
-        self.mid = nn.ModuleList([ResBlock(width, width, cd, groups) for _ in range(2)])
-        self.up = nn.ModuleList()
-        self.upsample = nn.ModuleList()
-        for i in reversed(range(len(chans))):
-            ch = chans[i]
-            blocks = nn.ModuleList()
-            for j in range(c.depths[i]):
-                blocks.append(ResBlock(width + ch if j == 0 else ch, ch, cd, groups))
-                width = ch
-            self.up.append(blocks)
-            if i > 0:
-                self.upsample.append(nn.Conv2d(ch, chans[i - 1], 3, padding=1))
-                width = chans[i - 1]
-        self.norm_out = nn.GroupNorm(groups, chans[0])
-        self.conv_out = nn.Conv2d(chans[0], 3 * c.patch**2, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        assert self.conv_out.bias is not None
-        nn.init.zeros_(self.conv_out.bias)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        if self.patch > 1:
-            x = F.pixel_unshuffle(x, self.patch)  # (B, C p^2, H/p, W/p)
-        h = self.conv_in(x)  # (B, C0, H/p, W/p)
-        skips = []
-        for i, blocks in enumerate(self.down):
-            for block in cast(nn.ModuleList, blocks):
-                h = block(h, cond)
-            skips.append(h)
-            if i < len(self.downsample):
-                h = self.downsample[i](h)  # (B, C_{i+1}, H/2^(i+1), W/2^(i+1))
-        for block in self.mid:
-            h = block(h, cond)
-        for k, blocks in enumerate(self.up):
-            h = torch.cat([h, skips.pop()], dim=1)
-            for block in cast(nn.ModuleList, blocks):
-                h = block(h, cond)
-            if k < len(self.upsample):
-                h = self.upsample[k](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, 3 p^2, H/p, W/p)
-        return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out  # (B, 3, H, W)
-
-
 class RewardEndModel(nn.Module):
     """Reward sign (3 classes) and termination logit from ``(last frame, action, next frame)``."""
 
@@ -376,14 +206,6 @@ class RewardEndModel(nn.Module):
         return out[:, :3], out[:, 3]
 
 
-def _sinusoidal(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Fixed sinusoidal embedding ``(B, dim)`` of scalars ``x (B,)`` (log-spaced frequencies)."""
-    half = dim // 2
-    freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half, device=x.device))  # (half,)
-    angles = x[:, None] * freqs[None]  # (B, half)
-    return torch.cat([angles.cos(), angles.sin()], dim=-1)
-
-
 class DiffusionModel(nn.Module):
     """The denoiser ``D(x, sigma | context, actions)`` and the reward/termination model.
 
@@ -399,7 +221,9 @@ class DiffusionModel(nn.Module):
     def __init__(self, config: DiffusionConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.unet = UNet(c)
+        self.unet = UNet(
+            3 * (c.context + 1), 3, c.channels, c.depths, c.cond_dim, c.groups, c.patch
+        )
         self.cond = nn.Sequential(
             nn.Linear(c.cond_dim + c.context * c.action_dim, c.cond_dim),
             nn.SiLU(),
@@ -439,6 +263,17 @@ class DiffusionModel(nn.Module):
             )
 
     # ------------------------------------------------------------------ denoiser
+    def _network(
+        self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """F on EDM's preconditioned input: ``(F (B, 3, H, W), c_skip, c_out)``, the last two
+        ``(B, 1, 1, 1)``."""
+        c_skip, c_out, c_in, c_noise = edm_precondition(sigma, self.config.sigma_data)
+        emb = sinusoidal_embedding(c_noise, self.config.cond_dim)  # (B, cond)
+        cond = self.cond(torch.cat([emb, actions.flatten(1)], dim=-1))  # (B, cond)
+        inp = torch.cat([c_in[:, None, None, None] * x, context.flatten(1, 2)], dim=1)
+        return self.unet(inp, cond), c_skip[:, None, None, None], c_out[:, None, None, None]
+
     def denoise(
         self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, actions: torch.Tensor
     ) -> torch.Tensor:
@@ -450,12 +285,8 @@ class DiffusionModel(nn.Module):
             context: the last L frames ``(B, L, 3, H, W)`` in ``[-1, 1]``.
             actions: encoded actions ``(B, L, A)``.
         """
-        c_skip, c_out, c_in, c_noise = edm_precondition(sigma, self.config.sigma_data)
-        emb = _sinusoidal(c_noise, self.config.cond_dim)  # (B, cond)
-        cond = self.cond(torch.cat([emb, actions.flatten(1)], dim=-1))  # (B, cond)
-        inp = torch.cat([c_in[:, None, None, None] * x, context.flatten(1, 2)], dim=1)
-        out = self.unet(inp, cond)  # (B, 3, H, W)
-        return c_skip[:, None, None, None] * x + c_out[:, None, None, None] * out
+        out, c_skip, c_out = self._network(x, sigma, context, actions)  # F: (B, 3, H, W)
+        return c_skip * x + c_out * out
 
     @torch.no_grad()
     def sample(
@@ -534,12 +365,8 @@ class DiffusionModel(nn.Module):
         ctx = context * 2.0 - 1.0
         sigma = torch.exp(c.p_mean + c.p_std * torch.randn(b, device=y.device))  # (B,)
         x = y + sigma[:, None, None, None] * torch.randn_like(y)
-        c_skip, c_out, c_in, c_noise = edm_precondition(sigma, c.sigma_data)
-        emb = _sinusoidal(c_noise, c.cond_dim)
-        cond = self.cond(torch.cat([emb, actions.flatten(1)], dim=-1))
-        inp = torch.cat([c_in[:, None, None, None] * x, ctx.flatten(1, 2)], dim=1)
-        out = self.unet(inp, cond)  # (B, 3, H, W): F
-        f_target = (y - c_skip[:, None, None, None] * x) / c_out[:, None, None, None]
+        out, c_skip, c_out = self._network(x, sigma, ctx, actions)  # F: (B, 3, H, W)
+        f_target = (y - c_skip * x) / c_out
         weight = foreground_weights(target, c.foreground_weight, c.foreground_threshold)
         if c.change_weight > 0:
             changed = (target - context[:, -1]).abs().amax(1, keepdim=True)  # (B, 1, H, W)

@@ -1,6 +1,6 @@
 """A Q-network over world-model features: ``(B, F) -> (B, n_actions)`` action values.
 
-Used by the agent trained inside the diffusion dream (``dreamlab.diffusion_agent``): an MLP with
+Used by the agent trained inside the diffusion dream (``dreamlab.generations.diffusion.agent``): an MLP with
 layer norms, its last layer started at zero so every action begins with value 0.
 """
 

@@ -134,6 +134,11 @@ class _Res(nn.Module):
 class VQTokenizer(nn.Module):
     """Frames <-> grids of discrete codes. See the module docstring."""
 
+    codebook: torch.Tensor
+    ema_count: torch.Tensor
+    ema_sum: torch.Tensor
+    updates: torch.Tensor
+
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
         self.config = c = config

@@ -1,12 +1,10 @@
 """Find what a run dreams with: its world model, action space, env and real start frames.
 
 Everything downstream (the play server, dream export) talks to the world model only through the
-``WorldModel`` protocol (``initial_state``, ``observe``, ``step``, ``decode``), so any model family
-plugs in by adding one loader to :data:`LOADERS`. Built in:
-
-- Dreamer runs (``config.json`` with ``"kind": "dreamer"``): the RSSM in ``RUN/world_model``
-  (:class:`~dreamlab.rssm_worldmodel.RSSMWorldModel`);
-- V+M runs (``vae/`` and ``mdnrnn/``): :meth:`dreamlab.pipeline.Run.world_model`.
+``WorldModel`` protocol (``initial_state``, ``observe``, ``step``, ``decode``), so every
+generation plays: the run's recorded kind picks its generation in the registry
+(:mod:`dreamlab.generations`), whose ``load_world_model`` gives the model; the env and its
+action space come from the run's config and its episode store's metadata.
 
 Dreams start from a real frame: ``observe(initial_state(1), frame)``, with the frame taken from
 the real env's reset (when the real env is shown beside the dream, so both start alike) or from
@@ -16,7 +14,6 @@ reads the run directory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ import torch
 
 from dreamlab.worldmodel import WorldModel
 
-__all__ = ["LOADERS", "PlayModel", "load_play_model", "model_frame_shape"]
+__all__ = ["PlayModel", "load_play_model", "model_frame_shape"]
 
 
 @dataclass
@@ -94,71 +91,33 @@ def _env_frames(env_id: str, env_kwargs: dict[str, Any], count: int) -> np.ndarr
         env.close()
 
 
-def _is_dreamer(run: Path) -> bool:
-    from dreamlab.dreamer_pipeline import is_dreamer_run
-
-    return is_dreamer_run(run)
+SHORT_NAMES = {"vmc": "V+M", "rssm": "RSSM", "diffusion": "Diffusion", "tokens": "Tokens"}
+"""how the page names each generation's world model"""
 
 
-def _load_dreamer(run: Path, device: str) -> PlayModel:
-    from dreamlab.checkpoint import load_model
+def _action_space(run: Path, env_id: str | None, env_kwargs: dict[str, Any]) -> Any:
+    """The run's action space: from its episode store's metadata, else from its env."""
+    from dreamlab.data.store import STORE_FILE, EpisodeStore
+    from dreamlab.rundir import store_action_space
+
+    if (run / "data" / STORE_FILE).is_file():
+        return store_action_space(EpisodeStore.open(run / "data"))
+    if env_id is None:
+        raise ValueError(f"{run}: no episodes in data/ and no env to read the action space from")
     from dreamlab.envs import make_env
-    from dreamlab.io import read_json
-    from dreamlab.models.rssm import RSSM
-    from dreamlab.rssm_worldmodel import RSSMWorldModel
 
-    cfg = read_json(run / "config.json", "run config")["dreamer"]
-    env_id, env_kwargs = str(cfg["env"]), dict(cfg.get("env_kwargs") or {})
-    rssm = load_model(run / "world_model", RSSM, device=device)
     env = make_env(env_id, **env_kwargs)
     try:
-        space = env.action_space
+        return env.action_space
     finally:
         env.close()
-    return PlayModel(
-        world_model=RSSMWorldModel(rssm, space),  # type: ignore[arg-type]
-        action_space=space,
-        start_frames=np.zeros((0, 1, 1, 3), np.uint8),
-        env_id=env_id,
-        env_kwargs=env_kwargs,
-        name=f"RSSM ({run})",
-    )
-
-
-def _is_vm(run: Path) -> bool:
-    from dreamlab.checkpoint import has_model
-
-    return (run / "config.json").is_file() and has_model(run / "vae") and has_model(run / "mdnrnn")
-
-
-def _load_vm(run: Path, device: str) -> PlayModel:
-    from dreamlab.pipeline import Run
-
-    r = Run.open(run)  # an existing run's config is read, never rewritten
-    world_model = r.world_model().to(device)
-    return PlayModel(
-        world_model=world_model,
-        action_space=r.action_space(),
-        start_frames=np.zeros((0, 1, 1, 3), np.uint8),
-        env_id=r.config.env,
-        name=f"V+M ({run})",
-        max_episode_steps=int(r.config.evolve.max_episode_steps),
-    )
-
-
-LOADERS: list[tuple[str, Callable[[Path], bool], Callable[[Path, str], PlayModel]]] = [
-    ("rssm", _is_dreamer, _load_dreamer),
-    ("vm", _is_vm, _load_vm),
-]
-"""``(name, recognises(run_dir), load(run_dir, device))``, tried in order. Another model family
-(diffusion, tokens) adds its own entry; nothing else in ``dreamlab.play`` changes."""
 
 
 def load_play_model(run: str | Path, *, device: str = "cpu", max_starts: int = 64) -> PlayModel:
     """Load the world model of a run directory for playing.
 
     Args:
-        run: run directory (V+M or Dreamer).
+        run: run directory of any generation with a trained world model.
         device: torch device of the model.
         max_starts: at most this many real start frames are kept.
 
@@ -166,18 +125,28 @@ def load_play_model(run: str | Path, *, device: str = "cpu", max_starts: int = 6
         ValueError: not a run directory, no trained world model, or start frames of another size
             than the model's.
     """
+    from dreamlab.generations import for_run
+    from dreamlab.rundir import read_run_config
+
     path = Path(run)
-    if not (path / "config.json").is_file():
+    found = read_run_config(path)
+    if found is None:
         raise ValueError(f"{path}: not a run directory (no config.json)")
-    for _name, recognises, load in LOADERS:
-        if recognises(path):
-            model = load(path, device)
-            break
-    else:
-        raise ValueError(
-            f"{path}: no trained world model (expected vae/ + mdnrnn/, or a Dreamer run's "
-            "world_model/); train one first"
-        )
+    generation = for_run(path)
+    config = found[1]
+    env_id = config.get("env")
+    env_kwargs = dict(config.get("env_kwargs") or {})
+    model = PlayModel(
+        world_model=generation.load_world_model(path, device),
+        action_space=_action_space(path, env_id, env_kwargs),
+        start_frames=np.zeros((0, 1, 1, 3), np.uint8),
+        env_id=None if env_id is None else str(env_id),
+        env_kwargs=env_kwargs,
+        name=f"{SHORT_NAMES.get(generation.kind, generation.kind)} ({run})",
+        max_episode_steps=int(
+            (config.get("evolve") or {}).get("max_episode_steps", config.get("max_steps", 1000))
+        ),
+    )
     height, width = model_frame_shape(model.world_model)
     frames = _first_frames(path, max_starts)
     if frames is None and model.env_id is not None:

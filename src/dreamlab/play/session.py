@@ -210,7 +210,7 @@ class PlaySession:
 
     # ------------------------------------------------------------------ stepping
     def _real_frame(self, obs: np.ndarray) -> np.ndarray:
-        from dreamlab.data.video_io import resize_frame
+        from dreamlab.data.frames import resize_frame
 
         frame = np.asarray(obs, dtype=np.uint8)
         if frame.shape[:2] != self.frame_shape:

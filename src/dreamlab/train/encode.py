@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from dreamlab.checkpoint import IncompatibleModelError, check_vae_frames_compatible
-from dreamlab.data.store import EpisodeStore, StoreError, StoreMeta, latent_schema
+from dreamlab.data.schema import StoreError, StoreMeta, latent_schema
+from dreamlab.data.store import EpisodeStore
 from dreamlab.models import frames_to_tensor
 from dreamlab.models.vae import VAE
 from dreamlab.progress import tqdm

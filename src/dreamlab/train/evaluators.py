@@ -5,8 +5,8 @@ Every evaluator answers one question, ``evaluate(params (P, D), rollouts R, seed
 one call see the same R episode seeds (common random numbers), so differences in their returns
 come from the candidates rather than from luckier starts.
 
-- :class:`DreamEvaluator`: the whole population x rollouts as ONE batched dream (one tensor
-  computation per step, the batched controller acting for every candidate at once). The default.
+- :class:`~dreamlab.train.dream_evaluator.DreamEvaluator` (its own module): the whole
+  population x rollouts as ONE batched dream. The default.
 - :class:`LocalEvaluator`: real-env episodes in this process, a candidate's episodes in lockstep.
 - :class:`ProcessEvaluator`: real-env episodes in local worker processes.
 - :class:`RayEvaluator`: the same episodes as Ray tasks, on a laptop or a cluster. A worker that
@@ -19,7 +19,6 @@ Real-env episodes are described by a *rollout function* ``fn(params (D,), seed) 
 from __future__ import annotations
 
 import contextlib
-import copy
 import multiprocessing as mp
 import os
 import uuid
@@ -33,19 +32,16 @@ import numpy as np
 import torch
 
 from dreamlab.data.rollout import play_episodes
-from dreamlab.dream import DreamVecEnv
-from dreamlab.models.controller import Controller, ControllerConfig
-from dreamlab.worldmodel import StartLatents, WorldModel, check_start_latents
 
 __all__ = [
-    "DreamEvaluator",
     "EnvRollout",
     "Evaluator",
     "LocalEvaluator",
     "ProcessEvaluator",
     "RayEvaluator",
     "RolloutFn",
-    "controller_action_space",
+    "check_params",
+    "child_threads",
     "episode_seeds",
     "run_episode",
 ]
@@ -98,7 +94,9 @@ def episode_seeds(seed: int, rollouts: int) -> list[int]:
     return [int(s) for s in state]
 
 
-def _check_params(params: np.ndarray, rollouts: int, dim: int | None = None) -> np.ndarray:
+def check_params(params: np.ndarray, rollouts: int, dim: int | None = None) -> np.ndarray:
+    """``params`` as ``(P, D)`` float64, checked: P >= 1, D == ``dim`` (if given), all finite,
+    ``rollouts`` >= 1; raises a ValueError saying which fails."""
     arr = np.asarray(params, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise ValueError(f"evaluate: params must be (P, D) with P >= 1, got shape {arr.shape}")
@@ -111,119 +109,6 @@ def _check_params(params: np.ndarray, rollouts: int, dim: int | None = None) -> 
     if rollouts <= 0:
         raise ValueError(f"evaluate: rollouts must be >= 1, got {rollouts}")
     return arr
-
-
-def controller_action_space(config: ControllerConfig) -> gym.Space[Any]:
-    """The env action space a controller config produces actions for."""
-    if config.mapping == "discrete":
-        return gym.spaces.Discrete(config.action_dim)
-    if config.mapping == "carracing":
-        return gym.spaces.Box(
-            np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
-        )
-    return gym.spaces.Box(
-        np.asarray(config.action_low, np.float32), np.asarray(config.action_high, np.float32)
-    )
-
-
-# ---------------------------------------------------------------------------------- dream
-class DreamEvaluator:
-    """Population x rollouts as one batched dream.
-
-    Args:
-        world_model: the dream's world model; its ``feature_dim`` must equal the controller's.
-        start_latents: start bank (each tensor ``(N_bank, ...)``).
-        controller: a template controller: its config gives the parameter layout and action
-            mapping (a copy is moved to the world model's device; the original is untouched).
-        temperature: MDN sampling temperature tau.
-        max_episode_steps: dream length limit.
-        max_batch: at most this many dreams run at once; larger populations go in chunks.
-        common_starts: every candidate's rollout r starts from the same bank row.
-    """
-
-    def __init__(
-        self,
-        world_model: WorldModel,
-        start_latents: StartLatents,
-        controller: Controller,
-        *,
-        temperature: float = 1.0,
-        max_episode_steps: int = 1000,
-        max_batch: int = 65536,
-        common_starts: bool = True,
-    ) -> None:
-        if world_model.feature_dim != controller.config.feature_dim:
-            raise ValueError(
-                f"DreamEvaluator: world model features have size {world_model.feature_dim}, the "
-                f"controller reads {controller.config.feature_dim}"
-            )
-        self.world_model = world_model
-        self.start_latents = start_latents
-        self.num_bank = check_start_latents(start_latents)
-        self.device = torch.device(world_model.device)
-        self.controller = copy.deepcopy(controller).to(self.device).eval()
-        self.action_space = controller_action_space(controller.config)
-        self.temperature = temperature
-        self.max_episode_steps = max_episode_steps
-        self.max_batch = max_batch
-        self.common_starts = common_starts
-        # One dream env per batch size, made once: a population and the mean's evaluation use
-        # two sizes, and making an env re-validates the whole start bank (tens of MB).
-        self._envs: dict[int, DreamVecEnv] = {}
-        self.total_env_steps = 0
-        """dream steps taken so far (all dreams, including finished ones still in the batch)"""
-
-    def evaluate(self, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
-        """Returns ``(P, R)`` float64: candidate p's return in dream r."""
-        arr = _check_params(params, rollouts, self.controller.num_params)
-        per_chunk = max(1, self.max_batch // rollouts)
-        out = np.empty((arr.shape[0], rollouts), dtype=np.float64)
-        for start in range(0, arr.shape[0], per_chunk):
-            chunk = arr[start : start + per_chunk]
-            out[start : start + len(chunk)] = self._evaluate_chunk(chunk, rollouts, seed)
-        return out
-
-    @torch.inference_mode()
-    def _evaluate_chunk(self, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
-        num_candidates = params.shape[0]
-        n = num_candidates * rollouts
-        env = self._envs.get(n)
-        if env is None:
-            env = self._envs[n] = DreamVecEnv(
-                self.world_model,
-                self.start_latents,
-                self.action_space,
-                n,
-                temperature=self.temperature,
-                max_episode_steps=self.max_episode_steps,
-                autoreset=False,
-            )
-        starts = None
-        if self.common_starts:
-            g = torch.Generator().manual_seed(seed)
-            starts = torch.randint(self.num_bank, (rollouts,), generator=g).repeat(num_candidates)
-        obs = env.reset_tensor(seed=seed, start_indices=starts)  # (n, F)
-        weights = torch.as_tensor(params, dtype=torch.float32, device=self.device)  # (P, D)
-        returns = torch.zeros(n, dtype=torch.float64, device=self.device)  # (n,)
-        alive = torch.ones(n, dtype=torch.bool, device=self.device)  # (n,)
-        for t in range(self.max_episode_steps):
-            action = self.controller.population_forward(
-                weights, obs.view(num_candidates, rollouts, -1)
-            )  # (P, R, A) or (P, R)
-            action = action.reshape(n, *action.shape[2:])  # (n, A) or (n,)
-            obs, reward, terminated, truncated, _ = env.step_tensor(action)
-            returns += reward.double() * alive
-            alive &= ~(terminated | truncated)
-            self.total_env_steps += n
-            # Checking costs a device sync, so only every few steps; finished dreams add 0.
-            if t % 8 == 7 and not bool(alive.any()):
-                break
-        env.state = None  # drop the dreams' memory until the next reset
-        return returns.view(num_candidates, rollouts).cpu().numpy()
-
-    def close(self) -> None:
-        """Drop the dream envs (tensors are freed with them)."""
-        self._envs.clear()
 
 
 # ---------------------------------------------------------------------------------- real env
@@ -304,7 +189,7 @@ class LocalEvaluator:
         """Returns ``(P, R)``: candidate by candidate, its R episodes in lockstep."""
         from dreamlab.envs import make_env
 
-        arr = _check_params(params, rollouts)
+        arr = check_params(params, rollouts)
         seeds = episode_seeds(seed, rollouts)
         while len(self._envs) < min(self.num_envs, rollouts):
             self._envs.append(make_env(self.rollout.env_id, **self.rollout.env_kwargs))
@@ -380,7 +265,7 @@ class ProcessEvaluator:
 
     def evaluate(self, params: np.ndarray, rollouts: int, seed: int) -> np.ndarray:
         """Returns ``(P, R)``: every (candidate, episode) pair runs as one pool task."""
-        arr = _check_params(params, rollouts)
+        arr = check_params(params, rollouts)
         seeds = episode_seeds(seed, rollouts)
         out = np.full((arr.shape[0], rollouts), np.nan)
         todo = [(p, r) for p in range(arr.shape[0]) for r in range(rollouts)]
@@ -497,7 +382,7 @@ class RayEvaluator:
             ray.exceptions.OwnerDiedError,
             ray.exceptions.LocalRayletDiedError,
         )
-        arr = _check_params(params, rollouts)
+        arr = check_params(params, rollouts)
         seeds = episode_seeds(seed, rollouts)
         out = np.full((arr.shape[0], rollouts), np.nan)
         param_refs = [ray.put(arr[p]) for p in range(arr.shape[0])]

@@ -1,31 +1,48 @@
-"""Behaviour learning in imagination: Dreamer's actor-critic on rollouts of the world model.
+"""Behaviour learning in imagination: Dreamer's actor-critic on rollouts of a world model.
 
-One update (:meth:`ImaginationTrainer.update`):
+One update (:meth:`ImaginationTrainer.update` for the RSSM's raw tensors,
+:meth:`ImaginationTrainer.update_world_model` for any :class:`~dreamlab.worldmodel.WorldModel`):
 
-1. start from posterior states of replayed real sequences ``(N, F)`` (no gradient);
-2. imagine ``horizon`` steps with the RSSM's prior, acting with the current actor (no gradient:
-   the actor learns with Reinforce gradients, so nothing is backpropagated through the model);
-3. predict rewards and continuation flags from the imagined states, values with the critic;
+1. start from real states: posterior states of replayed sequences, or rows of a start bank (no
+   gradient);
+2. imagine ``horizon`` steps with the model, acting with the current actor (no gradient: the
+   actor learns with Reinforce gradients, so nothing is backpropagated through the model);
+3. the model gives rewards and continuation flags of the imagined steps, the critic values;
 4. lambda-returns ``R_t = r_t + gamma c_t ((1 - lambda) v_{t+1} + lambda R_{t+1})``, ``R_H = v_H``;
 5. actor: ``-logpi(a_t | s_t) * sg((R_t - v_t) / max(1, S)) - eta * H[pi(. | s_t)]`` where S is
    the running 5th-95th percentile range of the returns (return normalisation);
 6. critic: two-hot cross-entropy to ``sg(R_t)`` plus the same to the slow critic's value (the
    slow critic is an EMA of the critic's weights);
 7. every term is weighted by the imagined probability the episode is still running.
+
+Steps 1-2 are :func:`rollout` (any model, through a features function and a step function);
+steps 3-7 are :meth:`ImaginationTrainer.learn`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from dreamlab.models.actor_critic import ActorCritic
 from dreamlab.models.rssm import RSSM
+from dreamlab.worldmodel import StartLatents, WorldModel, check_start_latents
 
-__all__ = ["ImaginationConfig", "ImaginationTrainer", "Imagined", "imagine", "lambda_returns"]
+__all__ = [
+    "ImaginationConfig",
+    "ImaginationTrainer",
+    "Imagined",
+    "imagine",
+    "imagine_world_model",
+    "lambda_returns",
+    "rollout",
+]
+
+S = TypeVar("S")
 
 
 @dataclass
@@ -90,6 +107,38 @@ class Imagined:
 
 
 @torch.no_grad()
+def rollout(
+    actor_critic: ActorCritic,
+    state: S,
+    features: Callable[[S], torch.Tensor],
+    step: Callable[[S, torch.Tensor], tuple[S, torch.Tensor, torch.Tensor]],
+    horizon: int,
+    generator: torch.Generator | None = None,
+) -> Imagined:
+    """Act with the actor for ``horizon`` imagined steps from ``state`` (any model).
+
+    Args:
+        actor_critic: samples the actions.
+        state: the model's start state, whatever its form.
+        features: ``state -> (N, F)`` actor input.
+        step: ``(state, env action) -> (state', reward (N,), continuation (N,) in [0, 1])``.
+        horizon: imagined steps.
+        generator: for the actor's samples (the model's own are ``step``'s business).
+    """
+    feats = [features(state)]
+    actions, rewards, conts = [], [], []
+    for _ in range(horizon):
+        action = actor_critic.policy(feats[-1]).sample(generator)  # (N,) or (N, A)
+        state, reward, cont = step(state, actor_critic.to_env(action))
+        actions.append(action)
+        rewards.append(reward)
+        conts.append(cont)
+        feats.append(features(state))
+    return Imagined(
+        torch.stack(feats), torch.stack(actions), torch.stack(rewards), torch.stack(conts)
+    )
+
+
 def imagine(
     rssm: RSSM,
     actor_critic: ActorCritic,
@@ -98,22 +147,44 @@ def imagine(
     horizon: int,
     temperature: float = 1.0,
 ) -> Imagined:
-    """Roll the prior forward ``horizon`` steps from ``deter (N, D)``, ``stoch (N, S*K)``."""
-    feats = [torch.cat([deter, stoch], -1)]
-    actions, rewards, conts = [], [], []
-    for _ in range(horizon):
-        action = actor_critic.policy(feats[-1]).sample()  # (N,) or (N, A)
-        env_action = actor_critic.to_env(action)
-        deter = rssm.img_step(deter, stoch, rssm.encode_action(env_action))  # (N, D)
+    """Roll the RSSM's prior forward ``horizon`` steps from ``deter (N, D)``, ``stoch (N, S*K)``."""
+
+    def features(state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return torch.cat(state, -1)  # (N, D + S*K)
+
+    def step(
+        state: tuple[torch.Tensor, torch.Tensor], env_action: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:
+        deter = rssm.img_step(*state, rssm.encode_action(env_action))  # (N, D)
         stoch = rssm.sample_stoch(rssm.prior_logits(deter), temperature)  # (N, S*K)
-        feat = torch.cat([deter, stoch], -1)  # (N, F)
-        actions.append(action)
-        rewards.append(rssm.reward(feat))
-        conts.append(torch.sigmoid(rssm.cont_logit(feat)))
-        feats.append(feat)
-    return Imagined(
-        torch.stack(feats), torch.stack(actions), torch.stack(rewards), torch.stack(conts)
-    )
+        feat = torch.cat([deter, stoch], -1)
+        return (deter, stoch), rssm.reward(feat), torch.sigmoid(rssm.cont_logit(feat))
+
+    return rollout(actor_critic, (deter, stoch), features, step, horizon)
+
+
+@torch.no_grad()
+def imagine_world_model(
+    world_model: WorldModel,
+    actor_critic: ActorCritic,
+    start: StartLatents,
+    horizon: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Imagined:
+    """Dream ``horizon`` steps of any world model from start-bank rows ``start`` (each ``(N, ...)``);
+    continuation is 1 until the model predicts termination. ``generator`` drives the model's
+    samples and the actor's."""
+
+    def features(state: Any) -> torch.Tensor:
+        return world_model.features(state).clone()  # inference-mode outputs can't enter autograd
+
+    def step(state: Any, env_action: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        state, reward, terminated = world_model.step(state, env_action, temperature, generator)
+        return state, reward.clone(), (~terminated).float()
+
+    state = world_model.start_state(start, generator)
+    return rollout(actor_critic, state, features, step, horizon, generator)
 
 
 def lambda_returns(
@@ -158,6 +229,11 @@ class ImaginationTrainer:
             actor_critic.critic.parameters(), lr=config.critic_lr, eps=1e-5
         )
 
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``{"actor": ..., "critic": ...}`` (to checkpoint and restore them)."""
+        return {"actor": self.actor_opt, "critic": self.critic_opt}
+
     def _clip(self, params: Any) -> float:
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         return float(torch.nn.utils.clip_grad_norm_(list(params), max_norm))
@@ -185,16 +261,40 @@ class ImaginationTrainer:
         c = self.config
         deter, stoch = deter.detach(), stoch.detach()
         n = deter.shape[0]
-        if start_cont is None:
-            start_cont = torch.ones(n, device=deter.device)
         if n > c.max_starts:
             idx = torch.randperm(n, generator=generator, device=deter.device)[: c.max_starts]
-            deter, stoch, start_cont = deter[idx], stoch[idx], start_cont[idx]
+            deter, stoch = deter[idx], stoch[idx]
+            start_cont = None if start_cont is None else start_cont[idx]
         was_training = rssm.training
         rssm.eval()
         traj = imagine(rssm, self.ac, deter, stoch, c.horizon, c.temperature)
         rssm.train(was_training)
+        return self.learn(traj, start_cont)
+
+    def update_world_model(
+        self,
+        world_model: WorldModel,
+        start: StartLatents,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """One actor and one critic step on dreams of any world model from start-bank rows
+        ``start`` (at most ``max_starts`` of them, a random subset); ``generator`` drives the
+        subset and every sample of the dreams. Returns metrics as :meth:`update`."""
+        c = self.config
+        n = check_start_latents(start)
+        if n > c.max_starts:
+            idx = torch.randperm(n, generator=generator, device=world_model.device)[: c.max_starts]
+            start = {k: v[idx.to(v.device)] for k, v in start.items()}
+        traj = imagine_world_model(world_model, self.ac, start, c.horizon, c.temperature, generator)
+        return self.learn(traj)
+
+    def learn(self, traj: Imagined, start_cont: torch.Tensor | None = None) -> dict[str, float]:
+        """One actor and one critic step on imagined trajectories (steps 3-7 of the module
+        docstring); ``start_cont (N,)`` is 1 where the start state is not an episode's end."""
+        c = self.config
         feats = traj.features  # (H+1, N, F)
+        if start_cont is None:
+            start_cont = torch.ones(feats.shape[1], device=feats.device)
         with torch.no_grad():
             values = self.ac.value(feats)  # (H+1, N)
             returns = lambda_returns(traj.rewards, traj.conts, values, c.gamma, c.lambda_)  # (H, N)

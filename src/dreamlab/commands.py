@@ -1,0 +1,55 @@
+"""The commands every generation answers, dispatched on the run's recorded kind.
+
+``dreamlab pipeline``, ``evaluate``, ``dream`` and ``report`` take a run directory; its
+``config.json`` says which generation made it (:func:`dreamlab.rundir.run_kind`), and the
+registry (:mod:`dreamlab.generations`) hands the command to that generation. A new run's
+generation follows from its ``--preset``. A generation without a command says so in one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dreamlab.generations import for_run, preset_names
+from dreamlab.generations.args import DreamArgs, EvaluateArgs, PipelineConfig, ReportArgs
+from dreamlab.rundir import run_kind
+
+__all__ = ["dream", "evaluate", "presets_help", "report", "run_pipeline"]
+
+DEFAULT_PRESET = "catch"
+"""the preset of a new run when none is given (the demo)"""
+
+
+def run_pipeline(cfg: PipelineConfig) -> Any:
+    """Run or resume every stage of the run at ``cfg.run`` (a new run: of ``cfg.preset``'s
+    generation, ``catch`` by default). Returns what the generation's pipeline returns."""
+    path = Path(cfg.run)
+    preset = cfg.preset
+    if preset is None and run_kind(path) is None:
+        preset = DEFAULT_PRESET
+    generation = for_run(path, preset)
+    return generation.pipeline(path, preset, cfg)
+
+
+def evaluate(args: EvaluateArgs) -> dict[str, Any]:
+    """Score the run's agents in the real env (``RUN/eval.json``)."""
+    return for_run(args.run).evaluate(Path(args.run), args)
+
+
+def dream(args: DreamArgs) -> Path:
+    """Write a video of a dream decoded by the run's world model."""
+    return for_run(args.run).dream(Path(args.run), args)
+
+
+def report(args: ReportArgs) -> Path:
+    """Write ``RUN/report.md`` from what the run's stages saved."""
+    return for_run(args.run).report(Path(args.run))
+
+
+def presets_help() -> str:
+    """Every preset, grouped by generation (for messages and docs)."""
+    groups: dict[str, list[str]] = {}
+    for name, kind in preset_names().items():
+        groups.setdefault(kind, []).append(name)
+    return "; ".join(f"{kind}: {', '.join(names)}" for kind, names in groups.items())

@@ -1,0 +1,98 @@
+"""The arguments of the commands every generation answers: ``pipeline``, ``evaluate``, ``dream``,
+``report``. Each dataclass is both a CLI command's arguments (``--help`` shows the field
+docstrings) and what :mod:`dreamlab.commands` hands to the run's :class:`~dreamlab.generations.Generation`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from dreamlab.plan.mpc import PlannerConfig
+
+__all__ = ["DreamArgs", "EvaluateArgs", "PipelineConfig", "ReportArgs"]
+
+
+@dataclass
+class PipelineConfig:
+    """Run every stage of a world-model experiment in one run directory, resumably (any
+    generation: the preset of a new run, or the kind an existing run recorded, picks it)."""
+
+    run: Path = Path("runs/demo")
+    """run directory (created from --preset, or resumed)"""
+    preset: str | None = None
+    """preset of a new run (its generation follows from it): V/M/C catch, catch-debug, catch-test,
+    carracing, carracing-small, doom-takecover, doom-takecover-small; RSSM catch-dreamer,
+    catch-dreamer-continuous, catch-dreamer-debug, carracing-dreamer; diffusion catch-diffusion,
+    catch-diffusion-debug; tokens catch-tokens, catch-tokens-iris (default for a new run: catch).
+    An existing run resumes with its own"""
+    until: str | None = None
+    """stop after this stage (default: run them all; the stages are the generation's, e.g.
+    V/M/C: collect, vae, encode, mdnrnn, controller, iterate, controller_vonly, evaluate, dream,
+    report)"""
+    progress: bool = True
+    """show progress bars"""
+    iterations: int | None = None
+    """rounds of the paper's iterative procedure (C plays, M is fine-tuned, C trains again);
+    default: the preset's (catch: 1). Set when the run directory is created"""
+    seed: int | None = None
+    """seed of every stage, CMA-ES's included (default: the preset's, 0). Set when the run
+    directory is created"""
+
+
+@dataclass
+class EvaluateArgs:
+    """Run agents in the real env; write eval.json and videos of the best and worst episodes (a
+    run of any generation; the planner options are V/M/C's)."""
+
+    run: Path
+    """run directory"""
+    episodes: int = 100
+    """episodes per agent"""
+    agent: list[str] = field(default_factory=lambda: ["controller"])
+    """agents to score: controller (the run's trained agent, any generation), random, expert; V/M/C
+    runs also controller_vonly, bc, bc_latent, planner"""
+    planner: Annotated[PlannerConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=PlannerConfig
+    )
+    """settings of the planner agent (CEM/MPPI over imagined action sequences)"""
+    pessimism: float | None = None
+    """planner only: plan in the run's ensemble dream (`dreamlab train-ensemble`) with reward
+    r - PESSIMISM * disagreement"""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """planner only: run M's matmuls under bfloat16 autocast (~1.5x faster decisions on CPUs with
+    bf16 support, same catch rate on Catch; BENCHMARKS.md)"""
+
+
+@dataclass
+class DreamArgs:
+    """Render a dream decoded by the run's world model (any generation), and dream vs reality side
+    by side where the generation draws one."""
+
+    run: Path
+    """run directory with a trained world model"""
+    video: Path | None = None
+    """where to write the decoded dream (.mp4 or .gif); default RUN/dream.mp4"""
+    steps: int = 150
+    """dream length in steps"""
+    temperature: float = 1.0
+    """sampling temperature tau"""
+    agent: Literal["controller", "random"] = "controller"
+    """who acts in the dream (the run's trained agent if there is one, else random)"""
+    seed: int = 0
+    """seed of the dream"""
+    prompt: str | None = None
+    """scenario words for a token run (train-tokens), e.g. "fast from-left" (docs/tokens.md)"""
+    guidance: float = 3.0
+    """classifier-free guidance scale of the prompt (token runs)"""
+
+
+@dataclass
+class ReportArgs:
+    """Write report.md for a run directory from what its stages saved."""
+
+    run: Path
+    """run directory"""

@@ -1,0 +1,134 @@
+"""Diffusion run directories: open one, run its pipeline, load its models, score its agent.
+
+``dreamlab pipeline --preset catch-diffusion --run R`` runs (or resumes) every stage of
+:func:`~dreamlab.generations.diffusion.train.train_diffusion` in ``R``, then writes ``report.md``
+(:mod:`dreamlab.generations.diffusion.report`); ``dreamlab train-diffusion --out R`` is the same
+run without the report. The run's ``config.json`` is ``{"kind": "diffusion", "config":
+TrainDiffusionConfig}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from dreamlab.checkpoint import has_model, load_model
+from dreamlab.generations.args import EvaluateArgs, PipelineConfig
+from dreamlab.generations.diffusion.agent import DiffusionAgent
+from dreamlab.generations.diffusion.train import (
+    KIND,
+    PRESETS,
+    TrainDiffusionConfig,
+    run_env,
+    run_store,
+    train_diffusion,
+)
+from dreamlab.generations.diffusion.worldmodel import DiffusionWorldModel
+from dreamlab.models.diffusion import DiffusionModel
+from dreamlab.rundir import RunError, read_run_config, store_action_space, timed
+
+__all__ = [
+    "evaluate_diffusion",
+    "load_diffusion_agent",
+    "load_diffusion_world_model",
+    "run_config",
+    "run_diffusion_pipeline",
+    "train_diffusion_cmd",
+]
+
+
+def run_config(path: Path) -> TrainDiffusionConfig:
+    """The :class:`TrainDiffusionConfig` of the diffusion run at ``path`` (``out`` set to it).
+
+    Raises:
+        RunError: no run at ``path``, or a run of another generation.
+    """
+    found = read_run_config(path)
+    if found is None:
+        raise RunError(f"{path}: no run here (no config.json)")
+    kind, data = found
+    if kind != KIND:
+        raise RunError(f"{path}: holds a {kind} run, not a diffusion run; use another --run")
+    cfg = TrainDiffusionConfig.from_json(data, str(path / "config.json"))
+    return dataclasses.replace(cfg, out=path)
+
+
+def run_diffusion_pipeline(run: str | Path, preset: str | None, options: PipelineConfig) -> Path:
+    """``dreamlab pipeline`` for the diffusion generation: every stage of ``train-diffusion`` in
+    ``run`` (a new run from ``preset``, an existing one with its own settings), then the report.
+    ``options.seed`` may set a new run's seed; ``--until`` and ``--iterations`` do not apply.
+
+    Raises:
+        RunError: an option that does not apply, no run and no preset, or another seed for an
+            existing run.
+    """
+    from dreamlab.generations.diffusion.report import write_diffusion_report
+
+    path = Path(run)
+    for name in ("until", "iterations"):
+        if getattr(options, name) is not None:
+            raise RunError(f"--{name} does not apply to a diffusion run; its stages run in turn")
+    fresh = read_run_config(path) is None
+    if fresh:
+        if preset is None or preset not in PRESETS:
+            raise RunError(f"{path}: no config.json; start it with --preset {' or '.join(PRESETS)}")
+        cfg = PRESETS[preset]()
+    else:
+        cfg = run_config(path)
+    if options.seed is not None and options.seed != cfg.seed:
+        if not fresh:
+            raise RunError(
+                f"{path} was made with seed={cfg.seed}; use another --run directory for another "
+                "seed"
+            )
+        cfg.seed = options.seed
+    train_diffusion(dataclasses.replace(cfg, out=path, progress=options.progress))
+    report = timed(path, "report", lambda: write_diffusion_report(path))
+    print(f"[dreamlab] diffusion done: {report}", flush=True)
+    return path
+
+
+def load_diffusion_world_model(path: Path, device: str = "cpu") -> DiffusionWorldModel:
+    """The run's trained diffusion world model (``RUN/world_model``)."""
+    if not has_model(path / "world_model"):
+        raise RunError(f"{path}: no trained world model yet; run `dreamlab pipeline --run {path}`")
+    store = run_store(run_config(path), path)
+    model = load_model(path / "world_model", DiffusionModel, device=device)
+    assert isinstance(model, DiffusionModel)
+    return DiffusionWorldModel(model, store_action_space(store))
+
+
+def load_diffusion_agent(path: Path, device: str = "cpu") -> DiffusionAgent:
+    """The run's dream-trained Q-agent (``RUN/agent``) over its world model."""
+    if not has_model(path / "agent"):
+        raise RunError(f"{path}: no trained agent yet; run `dreamlab pipeline --run {path}`")
+    return DiffusionAgent.load(load_diffusion_world_model(path, device), path / "agent", device)
+
+
+def evaluate_diffusion(path: Path, args: EvaluateArgs) -> dict[str, Any]:
+    """``dreamlab evaluate`` for a diffusion run: the dream-trained agent (``controller``),
+    ``random`` and ``expert`` in the run's env (:func:`~dreamlab.eval.evaluate.score_agents`)."""
+    from dreamlab.eval.evaluate import score_agents
+
+    cfg = run_config(path)
+    env_id, env_kwargs = run_env(cfg, run_store(cfg, path))
+    trained = None
+    if "controller" in args.agent and has_model(path / "agent"):
+        trained = load_diffusion_agent(path, cfg.device)
+    return score_agents(
+        path,
+        trained,
+        env_id,
+        env_kwargs,
+        args.agent,
+        args.episodes,
+        seed=10_000 + cfg.seed,
+        progress=cfg.progress,
+    )
+
+
+def train_diffusion_cmd(cfg: TrainDiffusionConfig) -> dict[str, Any]:
+    """``dreamlab train-diffusion``: every stage of :func:`train_diffusion` in ``cfg.out`` (no
+    report; ``dreamlab report --run OUT`` writes it)."""
+    return train_diffusion(cfg)

@@ -1,0 +1,90 @@
+"""Generation 2: Dreamer (docs/dreamer.md). An RSSM world model and an actor-critic trained in
+its imagination, learned online while collecting in the real env.
+
+=================  ===================================================================
+ module             what
+=================  ===================================================================
+ ``config``         :class:`DreamerConfig` and the presets
+ ``worldmodel``     :class:`RSSMWorldModel` (the ``WorldModel`` protocol), start banks
+ ``agent``          :class:`DreamerAgent` (RSSM + actor, SB3-shaped ``predict``)
+ ``trainer``        the run's state and its update (replay, checkpoints, resume)
+ ``online``         the online loop (:func:`train_dreamer`)
+ ``pipeline``       run directories, ``pipeline`` / ``train-dreamer`` / ``evaluate``
+ ``report``         ``report.md``, the decoded dream, dream vs reality
+ ``contender``      the ``compare-models`` builder (offline on a fixed store)
+=================  ===================================================================
+
+The heavy modules are imported by the functions below only when called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dreamlab.generations import Generation
+from dreamlab.generations.rssm.config import DREAMER_PRESETS, KIND, DreamerConfig
+
+__all__ = ["GENERATION"]
+
+
+def _pipeline(run: Path, preset: str | None, options: Any) -> Path:
+    from dreamlab.generations.rssm.pipeline import run_dreamer_pipeline
+
+    return run_dreamer_pipeline(run, preset, options)
+
+
+def _load_agent(run: Path, device: str) -> Any:
+    from dreamlab.generations.rssm.agent import DreamerAgent
+
+    return DreamerAgent.load(run, device=device)
+
+
+def _load_world_model(run: Path, device: str) -> Any:
+    return _load_agent(run, device).world_model
+
+
+def _evaluate(run: Path, args: Any) -> dict[str, Any]:
+    from dreamlab.generations.rssm.pipeline import evaluate_rssm
+
+    return evaluate_rssm(run, args)
+
+
+def _dream(run: Path, args: Any) -> Path:
+    from dreamlab.generations.rssm.report import dream_rssm
+
+    return dream_rssm(run, args)
+
+
+def _report(run: Path) -> Path:
+    from dreamlab.generations.rssm.report import write_dreamer_report
+
+    path = write_dreamer_report(run)
+    print(path)
+    return path
+
+
+def _build_contender(ctx: Any) -> Any:
+    from dreamlab.generations.rssm.contender import build_rssm
+
+    return build_rssm(ctx)
+
+
+GENERATION = Generation(
+    kind=KIND,
+    number=2,
+    title="Dreamer: RSSM + actor-critic in imagination, learned online",
+    config_class=DreamerConfig,
+    presets=DREAMER_PRESETS,
+    model_kinds=("rssm", "actor_critic"),
+    stages=("online", "report"),
+    train_command="train-dreamer",
+    pipeline=_pipeline,
+    load_world_model=_load_world_model,
+    load_agent=_load_agent,
+    evaluate=_evaluate,
+    dream=_dream,
+    report=_report,
+    build_contender=_build_contender,
+    contender_name="rssm",
+)

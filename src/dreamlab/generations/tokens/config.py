@@ -1,0 +1,89 @@
+"""The settings of one token run (``RUN/config.json``'s ``config``) and its presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PRESETS", "TokenRunConfig", "token_preset"]
+
+PRESETS = ("tiny", "iris")
+"""the preset names :func:`token_preset` accepts"""
+
+
+@dataclass
+class TokenRunConfig:
+    """Everything one token run trains with (stored in ``DIR/config.json``)."""
+
+    preset: str = "tiny"
+    """model sizes: tiny (CPU, 32x32) or iris (IRIS's sizes, a GPU)"""
+    env: str = "catch-32"
+    """env preset the episodes come from (and the agent is evaluated in)"""
+    env_kwargs: dict[str, Any] = field(default_factory=lambda: {"discrete": True})
+    """keyword arguments of the env"""
+    prompts: bool = True
+    """learn scenario prompts (Catch only: words derived from the frames)"""
+    vq_steps: int = 500
+    """tokenizer optimizer steps"""
+    vq_batch: int = 64
+    """frames per tokenizer step"""
+    vq_lr: float = 2e-3
+    """tokenizer learning rate"""
+    transformer_steps: int = 1600
+    """transformer optimizer steps"""
+    transformer_batch: int = 24
+    """windows per transformer step"""
+    transformer_lr: float = 1e-3
+    """transformer learning rate"""
+    agent_updates: int = 60
+    """actor-critic updates in imagination"""
+    agent_starts: int = 64
+    """imagined rollouts per update (start frames drawn from the data)"""
+    horizon: int = 10
+    """imagined steps per rollout"""
+    action_bins: int = 9
+    """bins of a 1-D Box action (discrete actions are used as they are)"""
+    eval_episodes: int = 50
+    """real-env episodes of the final evaluation"""
+    checkpoint_every: int = 100
+    """optimizer steps (agent: updates) between checkpoints"""
+    seed: int = 0
+    """seed of everything"""
+    device: str = "cpu"
+    """torch device"""
+    num_threads: int = 1
+    """torch CPU threads (0 keeps torch's default)"""
+
+    def scaled(self, scale: float) -> TokenRunConfig:
+        """A copy with every training budget multiplied by ``scale`` (at least 2 steps each)."""
+
+        def s(n: int) -> int:
+            return max(2, round(n * scale))
+
+        return dataclasses.replace(
+            self,
+            vq_steps=s(self.vq_steps),
+            transformer_steps=s(self.transformer_steps),
+            agent_updates=s(self.agent_updates),
+            eval_episodes=max(2, round(self.eval_episodes * min(1.0, scale * 5))),
+        )
+
+
+def token_preset(name: str) -> TokenRunConfig:
+    """``tiny`` (CPU budget, ~10 min), ``iris`` (IRIS's sizes on 64x64 Catch, a GPU)."""
+    if name == "tiny":
+        return TokenRunConfig()
+    if name == "iris":
+        return TokenRunConfig(
+            preset="iris",
+            env="catch",
+            vq_steps=20_000,
+            transformer_steps=50_000,
+            agent_updates=2000,
+            agent_starts=512,
+            horizon=20,
+            device="cuda",
+            num_threads=0,
+        )
+    raise ValueError(f"unknown token preset {name!r}; known: {', '.join(PRESETS)}")

@@ -1,0 +1,148 @@
+"""The token run's evaluation (``RUN/eval.json``, ``RUN/summary.md``) and its report.
+
+``eval.json`` holds the trained agent in the real env (``agent``), open-loop fidelity on held-out
+episodes, imagination speed, parameter counts, training time and, with prompts, the prompt
+probe; ``dreamlab evaluate`` adds ``agents`` (:func:`dreamlab.eval.evaluate.score_agents`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamlab.generations.tokens.config import TokenRunConfig
+from dreamlab.generations.tokens.probe import (
+    imagination_speed,
+    open_loop_fidelity,
+    prompt_agreement,
+)
+from dreamlab.generations.tokens.run import TokenRun, read_token_config
+from dreamlab.generations.tokens.worldmodel import token_start_bank
+from dreamlab.io import atomic_write_json, atomic_write_text, read_json
+from dreamlab.rundir import RunError
+
+__all__ = ["evaluate_run", "heldout_episodes", "summary_markdown", "write_report"]
+
+
+def heldout_episodes(cfg: TokenRunConfig, count: int) -> list[dict[str, np.ndarray]]:
+    """``count`` fresh random-policy episodes (seeds 1_000_000 + i: not in any collected store)."""
+    from dreamlab.data.collect import play_episode
+    from dreamlab.envs import make_env
+
+    env = make_env(cfg.env, **cfg.env_kwargs)
+    return [play_episode(env, "random", 1_000_000 + i, 1000) for i in range(count)]
+
+
+def evaluate_run(run: TokenRun, store: Any, progress: bool = True) -> dict[str, Any]:
+    """The agent in the real env, fidelity, speed and prompt agreement -> ``eval.json`` (the
+    agents ``dreamlab evaluate`` scored there stay)."""
+    from dreamlab.envs import make_env
+    from dreamlab.eval.evaluate import evaluate_policy
+
+    cfg, wm = run.config, run.world_model
+    assert run.agent is not None
+    res = evaluate_policy(
+        lambda: make_env(cfg.env, **cfg.env_kwargs),
+        run.agent,
+        cfg.eval_episodes,
+        env_name=cfg.env,
+        seed=10_000 + cfg.seed,
+        record=False,
+        progress=progress,
+    )
+    episodes = heldout_episodes(cfg, 32)
+    report: dict[str, Any] = {
+        "agent": res.summary(),
+        "fidelity": open_loop_fidelity(wm, episodes),
+        "imagination_steps_per_s": imagination_speed(wm, run.bank),
+        "params": {
+            "tokenizer": sum(p.numel() for p in wm.tokenizer.parameters()),
+            "transformer": sum(p.numel() for p in wm.transformer.parameters()),
+            "agent": sum(p.numel() for p in run.agent.actor_critic.parameters()),
+        },
+        "train_seconds": run.seconds,
+    }
+    if wm.prompt_words:
+        report["prompts"] = prompt_agreement(wm, token_start_bank(wm, store, frames="first"))
+    file = run.path / "eval.json"
+    if file.exists():  # keep the agents `dreamlab evaluate` scored
+        report.update({k: v for k, v in read_json(file, "eval").items() if k == "agents"})
+    atomic_write_json(file, report)
+    summary = summary_markdown(run.path, cfg, report)
+    atomic_write_text(run.path / "summary.md", summary)
+    if progress:
+        print(summary, file=sys.stderr)
+    return report
+
+
+def summary_markdown(path: Path, cfg: TokenRunConfig, r: dict[str, Any]) -> str:
+    """Markdown of an ``eval.json`` of the run at ``path`` (``summary.md``; agents that
+    ``dreamlab evaluate`` scored get a table of their own)."""
+    fid = r["fidelity"]
+    lines = [
+        f"# Token world model run `{path}` (preset `{cfg.preset}`)",
+        "",
+        f"- parameters: tokenizer {r['params']['tokenizer']:,}, transformer "
+        f"{r['params']['transformer']:,}, agent {r['params']['agent']:,}",
+        f"- training wall time (all stages, all sessions): {r['train_seconds']:.0f} s",
+        f"- imagination: {r['imagination_steps_per_s']:.0f} env steps/s (batch 128)",
+        f"- agent in the real env ({r['agent']['episodes']} episodes): mean return "
+        f"{r['agent']['mean_return']:.2f}"
+        + (f", catch rate {r['agent']['catch_rate']:.1%}" if "catch_rate" in r["agent"] else ""),
+        "",
+        f"Open-loop pixel MSE ({fid['episodes']} held-out episodes, {fid['context']} real frames "
+        "then the real actions):",
+        "",
+        "| h | model | copy last frame |",
+        "|---:|---:|---:|",
+    ]
+    for h, m in fid["model_mse"].items():
+        lines.append(f"| {h} | {m:.5f} | {fid['copy_last_mse'][h]:.5f} |")
+    if "prompts" in r:
+        p = r["prompts"]
+        lines += [
+            "",
+            f"Prompt agreement (guidance {p['guidance']}, balls entering in {p['dreams']} dreams of "
+            f"{p['steps']} steps):",
+            "",
+            "| word | balls | agreement | unprompted rate |",
+            "|---|---:|---:|---:|",
+        ]
+        for w, s in p["words"].items():
+            lines.append(
+                f"| {w} | {s['balls']} | {s['agreement']:.1%} | {s['unprompted_rate']:.1%} |"
+            )
+    if r.get("agents"):
+        lines += [
+            "",
+            "Agents scored by `dreamlab evaluate` (real env):",
+            "",
+            "| agent | episodes | mean return | std |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, s in r["agents"].items():
+            lines.append(
+                f"| {name} | {s['episodes']} | {s['mean_return']:.2f} | {s['std_return']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(path: Path) -> Path:
+    """``RUN/report.md`` from the run's ``eval.json`` -> its path.
+
+    Raises:
+        RunError: no token run at ``path``, or it is not evaluated yet.
+    """
+    cfg = read_token_config(path)
+    file = path / "eval.json"
+    if cfg is None or not file.exists():
+        raise RunError(f"{path}: no evaluated token run here; run `dreamlab train-tokens` first")
+    report = read_json(file, "token run evaluation")
+    if "fidelity" not in report:
+        raise RunError(f"{file}: has no run evaluation yet; run `dreamlab train-tokens` first")
+    out = path / "report.md"
+    atomic_write_text(out, summary_markdown(path, cfg, report))
+    return out

@@ -1,0 +1,408 @@
+"""The settings of one V/M/C run: :class:`RunConfig` (saved in ``RUN/config.json`` as
+``{"kind": "vmc", "config": ...}``), the named presets it starts from, and the pipeline's stages.
+
+=====================  ======================================================================
+preset                 what it is
+=====================  ======================================================================
+catch                  the demo: 64x64 Catch, one round of the paper's iterative procedure
+catch-debug            seconds, plumbing only (tests)
+catch-test             32x32 Catch with small V and M: the whole pipeline in about a minute
+carracing              the paper's CarRacing settings
+carracing-small        a few hundred episodes, a short CMA-ES
+doom-takecover         the paper's VizDoom take-cover settings
+doom-takecover-small   the same, smaller
+=====================  ======================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dreamlab.checkpoint import config_from_dict
+from dreamlab.models.mdnrnn import MDNRNNConfig
+from dreamlab.models.vae import VAEConfig
+from dreamlab.rundir import RunError
+from dreamlab.train.evolve import EvolveConfig
+from dreamlab.train.fit import TrainConfig
+
+__all__ = ["KIND", "PRESETS", "STAGES", "RunConfig", "get_run_preset"]
+
+KIND = "vmc"
+"""the generation's key in the registry and in ``RUN/config.json``"""
+
+STAGES = (
+    "collect",
+    "vae",
+    "encode",
+    "mdnrnn",
+    "controller",
+    "iterate",
+    "controller_vonly",
+    "evaluate",
+    "dream",
+    "report",
+)
+"""the pipeline's stages, in order (``dreamlab pipeline --until STAGE`` stops after one)"""
+
+
+@dataclass
+class RunConfig:
+    """Every setting of one experiment; saved in ``runs/NAME/config.json``."""
+
+    preset: str = "catch"
+    """name of the preset these settings started from"""
+    env: str = "catch"
+    """environment: preset name, registered Gymnasium id, or pkg.module:Class"""
+    seed: int = 0
+    """seed of every stage"""
+    collect_episodes: int = 300
+    """real episodes collected with the collection policy"""
+    collect_policy: str = "preset"
+    """collection policy: random, brownian, expert, or 'preset' (the env preset's choice)"""
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    """V's architecture"""
+    vae_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, batch_size=100))
+    """V's training loop"""
+    mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
+    """M's architecture (z_dim and action_dim are set from V and the env)"""
+    mdnrnn_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=10, batch_size=32, lr=1e-3)
+    )
+    """M's training loop"""
+    seq_len: int = 32
+    """steps per training sub-sequence of M"""
+    controller_hidden: int = 0
+    """0 = the paper's linear C; >0 = one hidden layer (the paper's ablation)"""
+    controller_mapping: Literal["auto", "carracing"] = "auto"
+    """how C's tanh outputs map to actions ('carracing': steer, gas, brake)"""
+    controller_normalize: bool = False
+    """standardize C's inputs by the feature mean/std of random-action dreams (measured before
+    CMA-ES, stored in C's config), so one step size fits z and h alike"""
+    dream_starts: Literal["first", "all", "memory"] = "first"
+    """where C's training dreams begin: real episodes' first frames (the paper), any real frame
+    with M's memory at zero ('all'), or any real frame with the memory M had there when it ran
+    over the real episode ('memory', as C's memory is when it acts in reality); with short
+    dreams (evolve.max_episode_steps) every dream is a few steps of imagination from a real
+    situation"""
+    evolve: EvolveConfig = field(default_factory=EvolveConfig)
+    """CMA-ES settings (backend 'dream' trains C inside the dream)"""
+    iterations: int = 0
+    """rounds of the paper's iterative procedure (its section 5) after the first C: that C plays
+    ``iterate_episodes`` real episodes with exploration noise, M is fine-tuned on every real
+    episode so far, and C is trained afresh in the new dream. Random play rarely puts the
+    paddle under the ball, so M learns catches from few examples; the agent's own play shows
+    them. 0 = train once on the collected data (the paper's CarRacing and Doom runs)"""
+    iterate_episodes: int = 200
+    """real episodes each round's C plays to collect the next round's data"""
+    iterate_noise: float = 0.3
+    """exploration noise of that play: Gaussian with this fraction of each Box action's
+    half-range, or the chance of a random Discrete action"""
+    iterate_epochs: float = 15.0
+    """passes over all real data so far when M is fine-tuned for the next round"""
+    explore_generations: int | None = None
+    """CMA-ES generations of the C's of rounds before the last (they only play to collect
+    data), in one run without restarts; default: the controller's settings"""
+    dream_precision: Literal["float32", "bfloat16", "auto"] = "float32"
+    """precision of M's matmuls in C's training dreams: 'auto' = bfloat16 on a GPU that has
+    it, and on a CPU whichever of the two steps the dream faster there (measured at the start
+    of each CMA-ES run; 1.6x faster on one CPU, 1.5x slower on another). C acts in reality
+    with a float32 M either way"""
+    dream_termination: Literal["threshold", "sample"] = "threshold"
+    """dream episodes end when M's termination probability > 0.5, or by sampling it (the
+    paper's Doom dream: deaths are rare, so a threshold would almost never end a dream)"""
+    vonly_ablation: bool = True
+    """also train the V-only controller (C reads z alone)"""
+    vonly_generations: int | None = None
+    """CMA-ES generations of the V-only ablation, in one run without restarts (default: the
+    controller's settings); on Catch its dream score stops rising within 50 generations"""
+    eval_episodes: int = 100
+    """real-env episodes per agent in the evaluate stage"""
+    dream_horizon: int = 30
+    """open-loop steps in the dream-vs-reality video"""
+    dream_context: int = 2
+    """real frames the model sees before it dreams in that video"""
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as plain JSON values (nested configs as dicts)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "config.json") -> RunConfig:
+        """Settings from :meth:`to_json`'s dict; unknown fields are a :class:`RunError` naming
+        ``source``."""
+        nested = {
+            "vae": VAEConfig,
+            "vae_train": TrainConfig,
+            "mdnrnn": MDNRNNConfig,
+            "mdnrnn_train": TrainConfig,
+            "evolve": EvolveConfig,
+        }
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RunError(f"{source}: unknown fields {unknown}")
+        values = dict(data)
+        for name, klass in nested.items():
+            if name in values:
+                values[name] = config_from_dict(klass, values[name], f"{source}:{name}")
+        return cls(**values)
+
+
+# ------------------------------------------------------------------------------------ presets
+def _catch() -> RunConfig:
+    return RunConfig(
+        preset="catch",
+        env="catch",
+        collect_episodes=300,
+        collect_policy="random",
+        # The 3x3 ball is 0.2% of a frame: with the plain loss V never learns it (docs/vm.md).
+        # V learns the ball after a plateau whose length is set by updates, not frames: batch 32
+        # with the ball weighted 20x leaves it by step ~330 on every seed tried, and 0.8 epochs
+        # draw the ball as well as 2 epochs of batch 64 at 10x did, in 40% of the time
+        # (BENCHMARKS.md, "Where the demo's time went")
+        vae=VAEConfig(z_dim=32, foreground_weight=20.0),
+        vae_train=TrainConfig(
+            epochs=0.8, batch_size=32, lr=1e-3, log_every=25, checkpoint_every=200
+        ),
+        mdnrnn=MDNRNNConfig(hidden_size=256),
+        # 100 passes: M's next-z error keeps falling long after 20 (BENCHMARKS.md); 60 made a
+        # weaker round-0 C whose play taught the next M less (0.89 in the end against 0.95)
+        mdnrnn_train=TrainConfig(
+            epochs=100, batch_size=32, lr=1e-3, log_every=25, checkpoint_every=500
+        ),
+        seq_len=32,
+        # C trains in 40-step dreams begun at any real frame (with the memory M had there, as
+        # in reality), on standardized [z, h]: from whole 200-step dreams and raw features it
+        # caught 0.61 in reality (BENCHMARKS.md, issue 4)
+        controller_normalize=True,
+        dream_starts="memory",
+        evolve=EvolveConfig(
+            generations=300,
+            population_size=32,
+            rollouts_per_candidate=16,
+            sigma0=0.5,
+            # Two whole CMA-ES runs race (two processes) and the one whose mean scores best in
+            # the dream is C: single runs caught 0.71-0.90 in reality, ranked by dream score; a
+            # 100-generation head start did not pick well, four runs overrun 10 minutes
+            # (BENCHMARKS.md)
+            restarts=2,
+            restart_generations=300,
+            # C is the mean with the best score on 1,024 dreams, checked every 25 generations:
+            # 256 dreams every 50 picked a worse mean (0.75 vs 0.87 real, BENCHMARKS.md)
+            eval_every=25,
+            eval_rollouts=1024,
+            # a harder dream than reality, so C cannot exploit M's errors (the paper's Doom: 1.15)
+            temperature=1.2,
+            max_episode_steps=40,
+            real_eval_every=50,
+            real_eval_episodes=16,
+        ),
+        # The paper's iterative procedure, once: round 0's C (150 generations) plays 200 real
+        # episodes, M is fine-tuned on them and the random play, and C is trained again. On one
+        # V+M, four CMA-ES seeds caught 0.86-0.95 after it, 0.77-0.90 before (BENCHMARKS.md)
+        iterations=1,
+        explore_generations=150,
+        iterate_episodes=200,
+        iterate_noise=0.3,
+        iterate_epochs=15.0,
+        # bfloat16 dreams where they are faster on this machine (measured; BENCHMARKS.md)
+        dream_precision="auto",
+        eval_episodes=100,
+        vonly_generations=50,
+    )
+
+
+def _catch_debug() -> RunConfig:
+    cfg = _catch()
+    cfg.preset = "catch-debug"
+    cfg.collect_episodes = 20
+    cfg.vae_train = TrainConfig(
+        steps=30,
+        batch_size=32,
+        lr=1e-3,
+        log_every=10,
+        checkpoint_every=20,
+        progress=False,
+        tensorboard=False,
+    )
+    cfg.mdnrnn = MDNRNNConfig(hidden_size=32)
+    cfg.mdnrnn_train = TrainConfig(
+        steps=30,
+        batch_size=8,
+        lr=1e-3,
+        log_every=10,
+        checkpoint_every=20,
+        progress=False,
+        tensorboard=False,
+    )
+    cfg.seq_len = 16
+    cfg.evolve = EvolveConfig(
+        generations=2,
+        population_size=4,
+        rollouts_per_candidate=2,
+        eval_every=0,
+        max_episode_steps=50,
+        progress=False,
+        tensorboard=False,
+    )
+    cfg.vonly_generations = None
+    cfg.explore_generations = None
+    cfg.iterate_episodes = 4
+    cfg.iterate_epochs = 1.0
+    cfg.eval_episodes = 4
+    cfg.dream_horizon = 10
+    return cfg
+
+
+def _catch_test() -> RunConfig:
+    """Catch on 32x32 frames with small V and M: the whole pipeline learns in about a minute."""
+    quiet = {"progress": False, "tensorboard": False, "log_every": 50, "checkpoint_every": 500}
+    return RunConfig(
+        preset="catch-test",
+        env="catch-32",
+        collect_episodes=100,
+        collect_policy="random",
+        vae=VAEConfig(
+            frame_size=32,
+            z_dim=16,
+            enc_channels=(16, 32, 64, 128),
+            dec_channels=(64, 32, 16),
+            dec_dense=256,
+            foreground_weight=10.0,
+        ),
+        vae_train=TrainConfig(steps=600, batch_size=32, lr=2e-3, **quiet),
+        mdnrnn=MDNRNNConfig(hidden_size=64),
+        mdnrnn_train=TrainConfig(steps=2000, batch_size=32, lr=2e-3, **quiet),
+        seq_len=16,
+        evolve=EvolveConfig(
+            generations=60,
+            population_size=16,
+            rollouts_per_candidate=8,
+            eval_every=10,
+            eval_rollouts=64,
+            temperature=1.2,
+            max_episode_steps=80,
+            progress=False,
+            tensorboard=False,
+        ),
+        eval_episodes=50,
+        dream_horizon=12,
+    )
+
+
+def _carracing() -> RunConfig:
+    return RunConfig(
+        preset="carracing",
+        env="carracing",
+        collect_episodes=10_000,
+        collect_policy="preset",
+        vae=VAEConfig(z_dim=32),
+        vae_train=TrainConfig(epochs=10, batch_size=100, lr=1e-4, checkpoint_every=2000),
+        mdnrnn=MDNRNNConfig(hidden_size=256),
+        mdnrnn_train=TrainConfig(epochs=20, batch_size=100, lr=1e-3, checkpoint_every=2000),
+        seq_len=999,
+        controller_mapping="carracing",
+        evolve=EvolveConfig(
+            generations=2000,
+            population_size=64,
+            rollouts_per_candidate=16,
+            eval_every=25,
+            eval_rollouts=1024,
+            backend="processes",
+            max_episode_steps=1000,
+        ),
+        eval_episodes=100,
+    )
+
+
+def _carracing_small() -> RunConfig:
+    cfg = _carracing()
+    cfg.preset = "carracing-small"
+    cfg.collect_episodes = 200
+    cfg.vae_train = TrainConfig(epochs=3, batch_size=100, lr=1e-4, checkpoint_every=500)
+    cfg.mdnrnn_train = TrainConfig(epochs=10, batch_size=16, lr=1e-3, checkpoint_every=500)
+    cfg.seq_len = 100
+    cfg.evolve = dataclasses.replace(
+        cfg.evolve,
+        generations=30,
+        population_size=16,
+        rollouts_per_candidate=2,
+        eval_every=10,
+        eval_rollouts=16,
+        backend="dream",
+        temperature=1.0,
+    )
+    cfg.eval_episodes = 10
+    return cfg
+
+
+def _doom() -> RunConfig:
+    return RunConfig(
+        preset="doom-takecover",
+        env="doom-takecover",
+        collect_episodes=10_000,
+        collect_policy="random",
+        vae=VAEConfig(z_dim=64),
+        vae_train=TrainConfig(epochs=10, batch_size=100, lr=1e-4, checkpoint_every=2000),
+        mdnrnn=MDNRNNConfig(hidden_size=512),
+        mdnrnn_train=TrainConfig(epochs=20, batch_size=100, lr=1e-3, checkpoint_every=2000),
+        seq_len=500,
+        evolve=EvolveConfig(
+            generations=2000,
+            population_size=64,
+            rollouts_per_candidate=16,
+            eval_every=25,
+            eval_rollouts=1024,
+            temperature=1.15,
+            max_episode_steps=2100,
+            real_eval_every=25,
+            real_eval_episodes=64,
+        ),
+        dream_termination="sample",
+        vonly_ablation=False,
+        eval_episodes=100,
+    )
+
+
+def _doom_small() -> RunConfig:
+    cfg = _doom()
+    cfg.preset = "doom-takecover-small"
+    cfg.collect_episodes = 400
+    cfg.vae_train = TrainConfig(epochs=2, batch_size=100, lr=1e-3, checkpoint_every=500)
+    cfg.mdnrnn = MDNRNNConfig(hidden_size=256)
+    cfg.mdnrnn_train = TrainConfig(epochs=10, batch_size=32, lr=1e-3, checkpoint_every=500)
+    cfg.seq_len = 64
+    cfg.evolve = dataclasses.replace(
+        cfg.evolve,
+        generations=100,
+        population_size=32,
+        rollouts_per_candidate=8,
+        eval_every=25,
+        eval_rollouts=256,
+        real_eval_every=25,
+        real_eval_episodes=16,
+    )
+    cfg.eval_episodes = 100
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "catch": _catch,
+    "catch-debug": _catch_debug,
+    "catch-test": _catch_test,
+    "carracing": _carracing,
+    "carracing-small": _carracing_small,
+    "doom-takecover": _doom,
+    "doom-takecover-small": _doom_small,
+}
+"""preset name -> a function making a fresh :class:`RunConfig`"""
+
+
+def get_run_preset(name: str) -> RunConfig:
+    """A fresh copy of the named pipeline preset."""
+    if name not in PRESETS:
+        raise RunError(f"unknown pipeline preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]()

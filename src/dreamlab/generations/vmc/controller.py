@@ -1,0 +1,303 @@
+"""C: trained by CMA-ES, in the dream of V+M by default (the paper's method).
+
+:func:`stage_controller` trains one C into a directory of the run (``controller/``,
+``controller_vonly/``, an earlier round's ``rounds/R/controller/``, or any ``--name``). With
+``evolve.restarts > 1`` whole CMA-ES runs are raced first (:func:`race_restarts`) and the winner
+continues. Dreams begin at real situations (:func:`dream_start_bank`); with ``--pessimism`` the
+dream is the run's ensemble of M with its disagreement penalty
+(:func:`~dreamlab.generations.vmc.uncertainty.controller_world_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from dreamlab.checkpoint import has_model, read_config
+from dreamlab.dream import dream_feature_stats
+from dreamlab.generations.vmc.agent import WorldModelAgentFactory
+from dreamlab.generations.vmc.config import RunConfig
+from dreamlab.generations.vmc.precision import dream_precision
+from dreamlab.generations.vmc.run import Run
+from dreamlab.generations.vmc.uncertainty import controller_world_model
+from dreamlab.generations.vmc.worldmodel import (
+    VMWorldModel,
+    memory_start_latents,
+    start_latents_from_store,
+)
+from dreamlab.io import atomic_path, atomic_write_json, read_json
+from dreamlab.models.controller import Controller, ControllerConfig
+from dreamlab.progress import tqdm
+from dreamlab.rundir import RunError, timed
+from dreamlab.train.evaluators import EnvRollout, LocalEvaluator, child_threads
+from dreamlab.train.evolve import STATE_FILE, EvolveConfig, evolve, make_evaluator
+
+__all__ = [
+    "RESTARTS_FILE",
+    "dream_start_bank",
+    "race_restarts",
+    "stage_controller",
+    "vonly_evolve",
+]
+
+
+def dream_start_bank(run: Run, world_model: VMWorldModel, round_: int | None = None) -> Any:
+    """Where round ``round_``'s C dreams begin (``dream_starts``): rows of every real episode
+    that round's M trained on (the collected ones, then what earlier rounds' C played)."""
+    cfg = run.config
+    banks = []
+    for store in run.round_latents(round_):
+        if cfg.dream_starts == "memory":
+            banks.append(memory_start_latents(world_model, store))
+        else:
+            banks.append(start_latents_from_store(store, frames=cfg.dream_starts))
+    return {key: torch.cat([bank[key] for bank in banks]) for key in banks[0]}
+
+
+def vonly_evolve(cfg: RunConfig) -> EvolveConfig:
+    """The V-only ablation's CMA-ES settings: the run's, or with ``vonly_generations`` one run of
+    that many generations (no race: its dream score plateaus early for every seed)."""
+    if cfg.vonly_generations is None:
+        return cfg.evolve
+    return dataclasses.replace(cfg.evolve, generations=cfg.vonly_generations, restarts=1)
+
+
+def _controller_config(
+    run: Run, world_model: VMWorldModel, inputs: Literal["zh", "z"]
+) -> ControllerConfig:
+    """C's architecture for the run's env and ``world_model``'s features."""
+    cfg = run.config
+    return ControllerConfig.from_action_space(
+        world_model.feature_dim,
+        run.action_space(),
+        mapping=cfg.controller_mapping,
+        hidden_size=cfg.controller_hidden,
+        inputs=inputs,
+    )
+
+
+def stage_controller(
+    run: Run,
+    inputs: Literal["zh", "z"] = "zh",
+    evolve_cfg: EvolveConfig | None = None,
+    *,
+    pessimism: float | None = None,
+    name: str | None = None,
+    round_: int | None = None,
+) -> Any:
+    """Train C by CMA-ES (in the dream by default) into ``controller/`` (or ``controller_vonly/``).
+
+    ``pessimism`` (lambda >= 0) trains in the dream of the run's ensemble of M with the reward
+    ``r - lambda * disagreement`` (docs/uncertainty.md); ``name`` picks another directory. With
+    ``evolve.restarts > 1`` the restarts are raced first (:func:`race_restarts`) and the winner
+    continues to ``evolve.generations``. ``round_`` trains an earlier round's C of the
+    iterative procedure, in that round's dream, into ``rounds/R/controller/``.
+    """
+    cfg = run.config
+    ecfg = evolve_cfg or cfg.evolve
+    if cfg.dream_starts not in ("first", "all", "memory"):
+        raise RunError(f"dream_starts must be 'first', 'all' or 'memory', got {cfg.dream_starts!r}")
+    last = round_ is None or round_ == cfg.iterations
+    if not last and pessimism is not None:
+        raise RunError("--pessimism trains the last round's C (the ensemble is of the last M)")
+    if name is None:
+        name = "controller" if inputs == "zh" else "controller_vonly"
+        if not last:
+            name = str((run.round_dir(round_) / name).relative_to(run.path))
+    key = name if last else f"round{round_}_controller"
+    rnd = None if last else round_
+
+    def work() -> Any:
+        seed = race_restarts(run, inputs, ecfg, name, pessimism, rnd) if ecfg.restarts > 1 else None
+        final = ecfg if seed is None else dataclasses.replace(ecfg, seed=seed, restarts=1)
+        return _evolve_controller(run, inputs, final, name, pessimism, rnd)
+
+    return timed(run.path, key, work)
+
+
+RESTARTS_FILE = "restarts.json"
+"""``RUN/NAME/restarts.json``: the raced restarts' scores and the seed that continued"""
+
+
+def _restart_job(
+    run_path: str,
+    inputs: Literal["zh", "z"],
+    ecfg: EvolveConfig,
+    name: str,
+    pessimism: float | None,
+    round_: int | None = None,
+) -> float:
+    """One raced restart: returns the best many-rollout score of its mean."""
+    result = _evolve_controller(Run.open(Path(run_path)), inputs, ecfg, name, pessimism, round_)
+    if result.best_eval_return is None:
+        raise RunError(f"restart {name}: no evaluation of the mean ran")
+    return float(result.best_eval_return)
+
+
+def race_restarts(
+    run: Run,
+    inputs: Literal["zh", "z"],
+    ecfg: EvolveConfig,
+    name: str,
+    pessimism: float | None = None,
+    round_: int | None = None,
+) -> int:
+    """Race ``ecfg.restarts`` CMA-ES runs and seed ``run/name`` with the winner's state.
+
+    Restart r (seed ``ecfg.seed + r``) runs ``restart_generations`` generations in
+    ``run/name/restarts/seed_S/``; dream backends run them in parallel processes, one per CPU
+    core (the batched dream does not get faster with more threads; on a machine whose cores
+    share one physical core, as this project's 2-core one, processes do not help either;
+    BENCHMARKS.md). The restart
+    whose mean scored best on ``eval_rollouts`` episodes is copied into ``run/name/`` (CMA-ES state
+    last, so its presence marks a finished copy), and its seed is returned: continuing with that
+    seed resumes the winner exactly. Killed at any point, a rerun resumes each restart, or skips
+    the race when the copy was finished.
+    """
+    out = run / name
+    record = out / RESTARTS_FILE
+    if (out / STATE_FILE).exists():
+        if not record.exists():
+            raise RunError(
+                f"{out} holds a CMA-ES state from a run without restarts; use another --name or "
+                "remove the directory"
+            )
+        return int(read_json(record)["chosen_seed"])
+    probe = dataclasses.replace(
+        ecfg, generations=ecfg.restart_generations, restarts=1, progress=False, tensorboard=False
+    )
+    seeds = [ecfg.seed + r for r in range(ecfg.restarts)]
+    names = {seed: f"{name}/restarts/seed_{seed}" for seed in seeds}
+    jobs = {seed: dataclasses.replace(probe, seed=seed) for seed in seeds}
+    workers = min(len(seeds), os.cpu_count() or 1) if ecfg.backend == "dream" else 1
+    print(
+        f"[dreamlab] racing {len(seeds)} CMA-ES restarts for {probe.generations} generations "
+        f"({workers} at a time)",
+        flush=True,
+    )
+    scores: dict[int, float] = {}
+    bar = tqdm(total=len(seeds), desc="restarts", unit="run", disable=not ecfg.progress)
+    try:
+        if workers == 1:
+            for seed in seeds:
+                scores[seed] = _restart_job(
+                    str(run.path), inputs, jobs[seed], names[seed], pessimism, round_
+                )
+                bar.update(1)
+        else:
+            # one torch thread per worker process: the processes share the cores
+            with ProcessPoolExecutor(
+                workers,
+                mp_context=get_context("spawn"),
+                initializer=torch.set_num_threads,
+                initargs=(1,),
+            ) as pool:
+                with child_threads(1):  # the workers start at these submits
+                    futures = {
+                        seed: pool.submit(
+                            _restart_job,
+                            str(run.path),
+                            inputs,
+                            jobs[seed],
+                            names[seed],
+                            pessimism,
+                            round_,
+                        )
+                        for seed in seeds
+                    }
+                for seed, future in futures.items():
+                    scores[seed] = future.result()
+                    bar.update(1)
+    finally:
+        bar.close()
+    chosen = max(seeds, key=lambda s: scores[s])
+    for seed in seeds:
+        mark = "  <- continues" if seed == chosen else ""
+        print(f"[dreamlab]   seed {seed}: mean scores {scores[seed]:.3f} in the dream{mark}")
+    atomic_write_json(
+        record,
+        {
+            "restart_generations": probe.generations,
+            "scores": {str(s): scores[s] for s in seeds},
+            "chosen_seed": chosen,
+        },
+    )
+    winner = run / names[chosen]
+    files = sorted(p for p in winner.iterdir() if p.is_file() and p.name != STATE_FILE)
+    for src in [*files, winner / STATE_FILE]:
+        with atomic_path(out / src.name, suffix=src.suffix) as tmp:
+            shutil.copyfile(src, tmp)
+    return chosen
+
+
+def _evolve_controller(
+    run: Run,
+    inputs: Literal["zh", "z"],
+    ecfg: EvolveConfig,
+    name: str,
+    pessimism: float | None,
+    round_: int | None = None,
+) -> Any:
+    """One CMA-ES run of C into ``RUN/name`` (resumes it): the dream, its start bank and C's
+    input statistics are set up, then :func:`dreamlab.train.evolve.evolve` runs."""
+    cfg = run.config
+    if pessimism is not None:
+        world_model = controller_world_model(run, inputs, pessimism)
+    else:
+        # Run loads V and M on the CPU
+        precision = dream_precision(
+            cfg.dream_precision,
+            lambda p: run.world_model(inputs, p, round_),
+            ecfg.population_size * ecfg.rollouts_per_candidate,
+        )
+        world_model = run.world_model(inputs, precision, round_)
+    ccfg = _controller_config(run, world_model, inputs)
+    if cfg.dream_starts == "memory" and pessimism is not None:
+        raise RunError(
+            "dream_starts='memory' computes one M's memory; the ensemble's dream "
+            "(--pessimism) keeps one per member, so use dream_starts='all' with it"
+        )
+    start = dream_start_bank(run, world_model, round_)
+    if cfg.controller_normalize:
+        saved = read_config(run / name)[1] if has_model(run / name) else None
+        if saved is not None and saved.normalizes_inputs and saved.feature_dim == ccfg.feature_dim:
+            # resuming: keep the statistics the saved CMA-ES state was searched under
+            mean_list, std_list = saved.input_mean, saved.input_std
+        else:
+            mean, std = dream_feature_stats(
+                world_model, start, run.action_space(), temperature=ecfg.temperature, seed=cfg.seed
+            )
+            mean_list, std_list = mean.tolist(), std.tolist()
+        ccfg = dataclasses.replace(ccfg, input_mean=mean_list, input_std=std_list)
+    torch.manual_seed(cfg.seed)
+    controller = Controller(ccfg)
+    rollout = EnvRollout(
+        cfg.env,
+        WorldModelAgentFactory(run / "vae", run.round_dir(round_) / "mdnrnn", ccfg),
+        # the real check plays whole episodes even when training dreams are short
+        max_episode_steps=ecfg.max_episode_steps if ecfg.backend != "dream" else None,
+    )
+    backend = make_evaluator(
+        ecfg, controller, world_model=world_model, start_latents=start, rollout=rollout
+    )
+    real: Any = None
+    if ecfg.real_eval_every and ecfg.backend == "dream":
+        if ecfg.real_eval_backend == "local":
+            real = LocalEvaluator(rollout)
+        else:
+            real = make_evaluator(
+                dataclasses.replace(ecfg, backend="processes"), controller, rollout=rollout
+            )
+    try:
+        return evolve(controller, backend, ecfg, run / name, real_backend=real)
+    finally:
+        backend.close()
+        if real is not None:
+            real.close()

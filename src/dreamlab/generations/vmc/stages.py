@@ -1,0 +1,116 @@
+"""The stages that learn V and M from real episodes: collect, vae, encode, mdnrnn.
+
+Each works on a :class:`~dreamlab.generations.vmc.run.Run`, resumes where it stopped (or returns
+at once when it is done), and adds its wall time to ``RUN/timings.json``. C's stages are in
+:mod:`~dreamlab.generations.vmc.controller`, the iterative procedure's in
+:mod:`~dreamlab.generations.vmc.iterate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from dreamlab.data.collect import CollectConfig, collect
+from dreamlab.data.sampling import FrameSampler
+from dreamlab.data.store import EpisodeStore
+from dreamlab.dream import frames_to_uint8
+from dreamlab.generations.vmc.run import Run
+from dreamlab.models import frames_to_tensor
+from dreamlab.models.mdnrnn import MDNRNN
+from dreamlab.models.vae import VAE
+from dreamlab.rundir import timed
+from dreamlab.train.encode import encode_store
+from dreamlab.train.fit import fit, frame_batches, sequence_batches
+from dreamlab.viz import save_image_grid
+
+__all__ = ["stage_collect", "stage_encode", "stage_mdnrnn", "stage_vae"]
+
+
+def stage_collect(run: Run, progress: bool = True) -> Any:
+    """Collect ``collect_episodes`` real episodes into ``data/`` (appends what is missing)."""
+    cfg = run.config
+    return timed(
+        run.path,
+        "collect",
+        lambda: collect(
+            CollectConfig(
+                env=cfg.env,
+                out=run / "data",
+                episodes=cfg.collect_episodes,
+                policy=cfg.collect_policy,
+                seed=cfg.seed,
+                progress=progress,
+            )
+        ),
+    )
+
+
+def stage_vae(run: Run) -> Any:
+    """Train V on shuffled frames of ``data/``; write reconstructions and learning curves."""
+    cfg = run.config
+    store = run.data()
+    frame_shape = store.meta.obs_shape
+    vcfg = dataclasses.replace(cfg.vae, frame_size=int(frame_shape[0]))
+    torch.manual_seed(cfg.seed)
+    vae = VAE(vcfg)
+    batches = frame_batches(store, cfg.vae_train.batch_size, seed=cfg.seed)
+    total = cfg.vae_train.resolve_steps(store.num_frames)
+
+    def train() -> Any:
+        result = fit(vae, batches, cfg.vae_train, run / "vae", total_steps=total, stage="vae")
+        real = FrameSampler(store, 10, seed=cfg.seed).sample()  # (10, H, W, 3)
+        vae.eval()
+        with torch.inference_mode():
+            recon, _, _ = vae(frames_to_tensor(real))
+        recon_u8 = frames_to_uint8(recon)  # (10, H, W, 3)
+        save_image_grid(
+            run / "vae" / "reconstructions.png", [real, recon_u8], labels=["real", "V(real)"]
+        )
+        return result
+
+    return timed(run.path, "vae", train)
+
+
+def stage_encode(run: Run, progress: bool = True) -> EpisodeStore:
+    """Encode every episode with V into ``latents/`` (skips episodes already encoded)."""
+    return timed(
+        run.path,
+        "encode",
+        lambda: encode_store(
+            run.vae(), run.data(), run / "latents", vae_source=str(run / "vae"), progress=progress
+        ),
+    )
+
+
+def stage_mdnrnn(run: Run) -> Any:
+    """Train M on sub-sequences of ``latents/`` (into ``rounds/0/mdnrnn/`` when the run
+    iterates: the later rounds fine-tune it, see
+    :func:`~dreamlab.generations.vmc.iterate.stage_iterate`)."""
+    cfg = run.config
+    latents = run.latents()
+    vae_cfg = run.vae_config()  # M needs V's z size, not its weights
+    space = run.action_space()
+    action_dim = int(space.n) if hasattr(space, "n") else int(np.prod(space.shape))
+    mcfg = dataclasses.replace(cfg.mdnrnn, z_dim=vae_cfg.z_dim, action_dim=action_dim)
+    torch.manual_seed(cfg.seed)
+    model = MDNRNN(mcfg)
+    batches = sequence_batches(latents, cfg.seq_len, cfg.mdnrnn_train.batch_size, seed=cfg.seed)
+    # One epoch = as many sequences as it takes to see every step once.
+    total = cfg.mdnrnn_train.resolve_steps(max(1, latents.num_steps // cfg.seq_len))
+
+    return timed(
+        run.path,
+        "mdnrnn",
+        lambda: fit(
+            model,
+            batches,
+            cfg.mdnrnn_train,
+            run.round_dir(0) / "mdnrnn",
+            total_steps=total,
+            stage="mdnrnn",
+        ),
+    )

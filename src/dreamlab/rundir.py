@@ -1,0 +1,135 @@
+"""A run directory: the unit every generation trains, resumes and loads from.
+
+``RUN/config.json`` says which generation made the run and with what settings::
+
+    {"kind": "vmc", "config": {...}}
+
+``kind`` is a key of the generation registry (:mod:`dreamlab.generations`); ``config`` is the
+generation's own config as JSON. Older run directories are still read: a V/M/C run wrote its
+``RunConfig`` fields at the top level, the other generations ``{"kind": K, K: {...}}``
+(``"dreamer"`` for the RSSM). ``RUN/timings.json`` sums each stage's wall seconds over resumes;
+``RUN/data/`` is the episode store, whose metadata holds the env's action space, so a stage never
+opens the env just to read it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dreamlab.data.schema import space_from_description
+from dreamlab.io import atomic_write_json, jsonable, read_json
+
+__all__ = [
+    "CONFIG_FILE",
+    "LEGACY_KINDS",
+    "TIMINGS_FILE",
+    "RunError",
+    "check_same_settings",
+    "read_run_config",
+    "record_time",
+    "run_kind",
+    "store_action_space",
+    "timed",
+    "timings",
+    "write_run_config",
+]
+
+CONFIG_FILE = "config.json"
+TIMINGS_FILE = "timings.json"
+LEGACY_KINDS = {"dreamer": "rssm"}
+"""kind names written by earlier versions -> the registry's"""
+
+T = TypeVar("T")
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used as asked (missing stage, other settings, other kind);
+    the message says what to do."""
+
+
+def read_run_config(path: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """``(kind, config)`` of the run at ``path``, or ``None`` when it has no ``config.json``.
+
+    Raises:
+        RunError: the file is not a run config (unreadable, or not a JSON object).
+    """
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        return None
+    data = read_json(file, "run config")
+    if not isinstance(data, dict):
+        raise RunError(f"{file}: not a run config (expected a JSON object)")
+    kind = data.get("kind")
+    if kind is None:  # V/M/C runs wrote RunConfig's fields at the top level
+        return "vmc", data
+    if not isinstance(kind, str):
+        raise RunError(f"{file}: 'kind' must be a string, got {kind!r}")
+    if isinstance(data.get("config"), dict):
+        return LEGACY_KINDS.get(kind, kind), data["config"]
+    if isinstance(data.get(kind), dict):  # {"kind": K, K: {...}}
+        return LEGACY_KINDS.get(kind, kind), data[kind]
+    raise RunError(f"{file}: kind {kind!r} but no 'config' object")
+
+
+def run_kind(path: str | Path) -> str | None:
+    """The generation that made the run at ``path`` (``None``: no run there yet)."""
+    found = read_run_config(path)
+    return None if found is None else found[0]
+
+
+def write_run_config(path: str | Path, kind: str, config: Mapping[str, Any]) -> None:
+    """Write ``RUN/config.json`` atomically as ``{"kind": kind, "config": config}``."""
+    atomic_write_json(Path(path) / CONFIG_FILE, {"kind": kind, "config": jsonable(dict(config))})
+
+
+def check_same_settings(
+    path: str | Path,
+    saved: Mapping[str, Any],
+    given: Mapping[str, Any],
+    free: tuple[str, ...] = (),
+    flag: str = "--run",
+) -> None:
+    """Raise :class:`RunError` naming the differing settings when a resumed run is given other
+    ones than it was started with (``free`` keys may differ: progress bars, threads, device)."""
+    old = {k: v for k, v in jsonable(dict(saved)).items() if k not in free}
+    new = {k: v for k, v in jsonable(dict(given)).items() if k not in free}
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise RunError(
+            f"{Path(path) / CONFIG_FILE}: this run was started with other settings (differing: "
+            f"{', '.join(diff)}); run the same command to resume, or use another {flag}"
+        )
+
+
+def timings(path: str | Path) -> dict[str, float]:
+    """Wall seconds per stage of the run (summed over resumes)."""
+    file = Path(path) / TIMINGS_FILE
+    return read_json(file, "timings") if file.exists() else {}
+
+
+def record_time(path: str | Path, stage: str, seconds: float) -> None:
+    """Add ``seconds`` to ``stage`` in ``RUN/timings.json`` (atomically)."""
+    times = timings(path)
+    times[stage] = round(times.get(stage, 0.0) + seconds, 2)
+    atomic_write_json(Path(path) / TIMINGS_FILE, times)
+
+
+def timed(path: str | Path, stage: str, fn: Callable[[], T]) -> T:
+    """Run ``fn()`` and add its wall time to ``stage`` (also when it raises or is interrupted,
+    so a resumed stage's total counts every session)."""
+    t0 = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        record_time(path, stage, time.perf_counter() - t0)
+
+
+def store_action_space(store: Any) -> Any:
+    """The env's action space as the episode store recorded it (a Gymnasium space)."""
+    desc = getattr(getattr(store, "meta", None), "action_space", None)
+    if not desc:
+        raise RunError(f"{getattr(store, 'path', 'store')}: its metadata has no action space")
+    return space_from_description(desc)

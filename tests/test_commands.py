@@ -1,0 +1,70 @@
+"""``pipeline``, ``evaluate``, ``dream``, ``report`` and ``play``'s loader work on a run of every
+generation through the registry: the run's recorded kind picks the generation, and a preset of
+another generation, an unknown preset or a missing run is one ``dreamlab: error:`` line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dreamlab import cli
+from dreamlab.play.model import load_play_model
+from dreamlab.rundir import read_run_config, run_kind
+
+# the quick presets of three generations (the token generation's own tests run its pipeline)
+QUICK = [
+    ("vmc", "catch-debug"),
+    ("rssm", "catch-dreamer-debug"),
+    ("diffusion", "catch-diffusion-debug"),
+]
+
+
+@pytest.mark.parametrize(("kind", "preset"), QUICK)
+def test_every_command_on_a_run_of_each_generation(
+    kind: str, preset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert cli.main(["pipeline", "--run", str(run), "--preset", preset, "--no-progress"]) == 0
+    assert run_kind(run) == kind
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["kind"] == kind and isinstance(saved["config"], dict)
+    # resumes with no preset: everything is done, nothing is trained again
+    assert cli.main(["pipeline", "--run", str(run), "--no-progress"]) == 0
+    assert read_run_config(run) == (kind, saved["config"])
+
+    assert cli.main(["evaluate", "--run", str(run), "--episodes", "2", "--agent", "random"]) == 0
+    scores = json.loads((run / "eval.json").read_text())
+    assert scores["agents"]["random"]["episodes"] == 2
+
+    video = tmp_path / "dream.gif"
+    assert cli.main(["dream", "--run", str(run), "--steps", "4", "--video", str(video)]) == 0
+    assert video.stat().st_size > 0
+    assert cli.main(["report", "--run", str(run)]) == 0
+    assert (run / "report.md").read_text().strip()
+
+    model = load_play_model(run)
+    assert model.start_frames.ndim == 4 and model.start_frames.shape[-1] == 3
+
+    # a preset of another generation on this run: one line, nothing touched
+    other = "catch-dreamer-debug" if kind != "rssm" else "catch-debug"
+    before = (run / "config.json").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["pipeline", "--run", str(run), "--preset", other]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dreamlab: error:") and "\n" not in err and f"holds a {kind} run" in err
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_unknown_preset_and_missing_run_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["pipeline", "--run", str(tmp_path / "r"), "--preset", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dreamlab: error: unknown preset 'nope'") and "catch-dreamer" in err
+    assert not (tmp_path / "r").exists()
+    for command in ("evaluate", "dream", "report"):
+        assert cli.main([command, "--run", str(tmp_path / "missing")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("dreamlab: error:") and "no run here" in err and "\n" not in err
