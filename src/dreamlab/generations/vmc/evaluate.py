@@ -80,8 +80,10 @@ def load_agent(
             else controller_world_model(run, "zh", pessimism)
         )
         return PlannerAgent(world_model, run.action_space(), planner)
-    features: Literal["zh", "z"] = "z" if which == "controller_vonly" else "zh"
     round_ = controller_round(which)
+    if which in ("bc", "bc_latent"):  # registered by dreamlab.bc when it is imported
+        raise RunError(f"agent {which!r} needs `import dreamlab.bc` first (the CLI does)")
+    features: Literal["zh", "z"] = "z" if which == "controller_vonly" else "zh"
     return WorldModelAgent(
         run.world_model(features, round_=round_), run.controller(controller_path(which))
     )
