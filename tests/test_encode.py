@@ -15,8 +15,9 @@ from dreamlab.data import EpisodeStore, StoreError, StoreMeta
 from dreamlab.models import frames_to_tensor
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
 from dreamlab.models.vae import VAE, VAEConfig
+from dreamlab.train.batches import frame_batches, sequence_batches
 from dreamlab.train.encode import encode_store
-from dreamlab.train.fit import TrainConfig, fit, frame_batches, sequence_batches
+from dreamlab.train.fit import TrainConfig, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -193,7 +193,7 @@ def test_iterating_fine_tunes_m_on_the_controllers_own_play(debug_run: Path) -> 
     from dreamlab.data.store import EpisodeStore
     from dreamlab.generations.vmc.controller import dream_start_bank
     from dreamlab.generations.vmc.iterate import stage_explore
-    from dreamlab.train.fit import sequence_batches
+    from dreamlab.train.batches import sequence_batches
 
     run = Run.open(debug_run)
     cfg = run.config

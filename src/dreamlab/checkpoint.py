@@ -30,7 +30,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from dreamlab import __version__
-from dreamlab.io import atomic_path, atomic_write_json, read_json
+from dreamlab.io import DreamlabError, atomic_path, atomic_write_json, read_json
 from dreamlab.models.actor_critic import ActorCritic, ActorCriticConfig
 from dreamlab.models.bc import BCConfig, BCNet
 from dreamlab.models.controller import Controller, ControllerConfig
@@ -79,11 +79,11 @@ MODEL_KINDS: dict[str, ModelEntry] = {
 """kind name -> (config dataclass, model class); extended by :func:`register_model`."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DreamlabError, ValueError):
     """A checkpoint directory is missing, corrupt or does not match what the caller expects."""
 
 
-class IncompatibleModelError(ValueError):
+class IncompatibleModelError(DreamlabError, ValueError):
     """Two artefacts that must fit together (model and data, V and M) do not."""
 
 

@@ -1,5 +1,11 @@
 """The ``dreamlab`` command: one subcommand per stage, each a thin wrapper over a library function
-that takes the same dataclass (so ``--help`` shows the dataclass's field docstrings)."""
+that takes the same dataclass (so ``--help`` shows the dataclass's field docstrings).
+
+Every subcommand ends the same way on bad input: one ``dreamlab: error: ...`` line naming the
+file or setting at fault, no traceback, and a non-zero exit code (2 for a dreamlab error or an
+unusable file, 3 for a diverged training, 130 for Ctrl-C). Saved files are written atomically, so
+none is left half-written; running the same command again resumes.
+"""
 
 from __future__ import annotations
 
@@ -40,9 +46,9 @@ from dreamlab.generations.vmc.uncertainty import (
     measure_uncertainty,
     train_ensemble_cmd,
 )
+from dreamlab.io import DreamlabError
 from dreamlab.play.export import ExportVideoArgs, export_video
 from dreamlab.play.server import PlayArgs, play
-from dreamlab.rundir import RunError
 from dreamlab.train.fit import TrainingDivergedError
 
 
@@ -122,18 +128,24 @@ def main(argv: list[str] | None = None) -> int:
     fn = next(fn for cls, fn in COMMANDS.values() if type(args) is cls)
     try:
         fn(args)
-    except (RunError, FileNotFoundError, ValueError) as e:
-        # Bad input: one clear line, no traceback; nothing saved has been touched.
-        print(f"dreamlab: error: {e}", file=sys.stderr)
-        return 2
     except TrainingDivergedError as e:
         # A NaN/inf loss or weight: one line; the last good checkpoint was kept.
-        print(f"dreamlab: error: {e}", file=sys.stderr)
-        return 3
+        return _error(e, 3)
+    except (DreamlabError, ValueError, OSError) as e:
+        # Bad input (a missing or corrupt file, a run made otherwise, an unusable env) or a file
+        # that cannot be written: one clear line, no traceback; nothing saved was half-written.
+        return _error(e, 2)
     except KeyboardInterrupt:
         print("dreamlab: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _error(e: BaseException, code: int) -> int:
+    """Print ``e`` as one ``dreamlab: error:`` line on stderr and return the exit ``code``."""
+    message = " ".join(line.strip() for line in str(e).splitlines()) or type(e).__name__
+    print(f"dreamlab: error: {message}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dreamlab.generations import for_run, preset_names
+from dreamlab.generations import for_run, get, preset_names
 from dreamlab.generations.args import DreamArgs, EvaluateArgs, PipelineConfig, ReportArgs
-from dreamlab.rundir import run_kind
+from dreamlab.rundir import RunError, run_kind
 
 __all__ = ["dream", "evaluate", "presets_help", "report", "run_pipeline"]
 
@@ -23,10 +23,19 @@ DEFAULT_PRESET = "catch"
 
 def run_pipeline(cfg: PipelineConfig) -> Any:
     """Run or resume every stage of the run at ``cfg.run`` (a new run: of ``cfg.preset``'s
-    generation, ``catch`` by default). Returns what the generation's pipeline returns."""
+    generation, ``catch`` by default; with ``--env`` or ``--data``, a V/M/C run sized from that
+    env and its episodes). Returns what the generation's pipeline returns."""
     path = Path(cfg.run)
     preset = cfg.preset
-    if preset is None and run_kind(path) is None:
+    own = cfg.env is not None or cfg.data is not None or cfg.env_kwargs is not None
+    if own and preset is not None:
+        raise RunError("give --preset or --env/--data, not both (--env sizes a run from the env)")
+    kind = run_kind(path)
+    if own:
+        if kind not in (None, "vmc"):
+            raise RunError(f"{path} holds a {kind} run; --env/--data start V/M/C runs")
+        return get("vmc").pipeline(path, None, cfg)
+    if preset is None and kind is None:
         preset = DEFAULT_PRESET
     generation = for_run(path, preset)
     return generation.pipeline(path, preset, cfg)

@@ -1,6 +1,11 @@
 """Crash-safe file writing: every file dreamlab writes goes to a temporary name first and is then
 renamed over the target, so a process killed at any moment leaves either the old file or the new
-one, never half of one."""
+one, never half of one.
+
+:class:`DreamlabError` is the base of every error dreamlab raises on purpose (a corrupt store or
+checkpoint, an unusable env, a run that cannot be used as asked, a diverged loss); its message is
+one sentence naming the file and what to do, which the ``dreamlab`` command prints as is.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+class DreamlabError(Exception):
+    """An error whose message is meant for the user: one sentence naming the file or setting at
+    fault and, where there is one, the fix. The command line prints it without a traceback."""
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dreamlab.data.schema import space_from_description
-from dreamlab.io import atomic_write_json, jsonable, read_json
+from dreamlab.io import DreamlabError, atomic_write_json, jsonable, read_json
 
 __all__ = [
     "CONFIG_FILE",
@@ -45,7 +45,7 @@ LEGACY_KINDS = {"dreamer": "rssm"}
 T = TypeVar("T")
 
 
-class RunError(ValueError):
+class RunError(DreamlabError, ValueError):
     """A run directory that cannot be used as asked (missing stage, other settings, other kind);
     the message says what to do."""
 

@@ -3,11 +3,14 @@
 Episode ``i`` is always played with seed ``cfg.seed + i`` (env reset, action space and policy), so
 the data does not depend on how episodes are scheduled over workers, and re-running a collection
 only plays the indices that are missing. Every episode is written atomically when it finishes, so a
-killed collection keeps all finished episodes.
+killed collection (even by SIGKILL) keeps all finished episodes, leaves no partial one, and a rerun
+plays exactly the missing indices. A rerun says where it resumes, or that there is nothing to do.
 
 Worker processes (``multiprocessing``, spawn) each build their env once and write finished
-episodes straight into the store. With ``ray=True`` Ray tasks play the episodes and the driver
-writes them, so the store does not need to be on a file system the Ray nodes share.
+episodes straight into the store; they die with the collecting process (a SIGKILLed collection
+leaves no orphan that goes on writing the episodes its rerun plays). With ``ray=True`` Ray tasks
+play the episodes and the driver writes them, so the store does not need to be on a file system
+the Ray nodes share.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import dataclasses
 import functools
 import multiprocessing as mp
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,7 +58,7 @@ class CollectConfig:
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
     """extra keyword arguments for the env constructor, merged over the preset's"""
     progress: bool = True
-    """show a progress bar and print a summary at the end"""
+    """show a progress bar (the one-line summary at the end is printed either way)"""
 
 
 @dataclass
@@ -149,6 +154,8 @@ def _episode_info(job: _Job, index: int, arrays: dict[str, np.ndarray]) -> dict[
 
 # Per-process state of a worker: its env (built once) and, for local workers, the open store.
 _WORKER: dict[str, Any] = {}
+# In a pool worker, the pid of the collecting process that started it.
+_PARENT_PID: int | None = None
 
 
 def _worker_env(job: _Job) -> Any:
@@ -180,13 +187,25 @@ def _cap(preset: Any) -> int | None:
 def _play_and_store(job: _Job, index: int) -> EpisodeStats:
     """Worker task: play episode ``index`` and write it into the store."""
     arrays = _play(job, index)
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)  # the collection was killed; its rerun plays this episode
     path = _WORKER["store"].append(arrays, index=index, info=_episode_info(job, index, arrays))
     return EpisodeStats(
         index, len(arrays["reward"]), float(arrays["reward"].sum()), path.stat().st_size
     )
 
 
-def _init_worker(job: _Job) -> None:
+def _init_worker(job: _Job, parent: int) -> None:
+    """Start a pool worker of the collecting process ``parent``: make it die with that process
+    (an orphan would go on writing episodes that a rerun also plays), then build its env."""
+    global _PARENT_PID
+    _PARENT_PID = parent
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # killed while this worker was starting
+        os._exit(1)
     _worker_env(job)
 
 
@@ -208,7 +227,7 @@ def _run_serial(job: _Job, indices: list[int]) -> Iterator[EpisodeStats]:
 def _run_pool(job: _Job, indices: list[int], workers: int) -> Iterator[EpisodeStats]:
     # spawn, not fork: the parent may hold threads (torch, progress bars) that fork would copy.
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(job, os.getpid())) as pool:
         yield from pool.imap_unordered(functools.partial(_play_and_store, job), indices)
 
 
@@ -324,6 +343,20 @@ def collect(cfg: CollectConfig) -> CollectSummary:
     store = EpisodeStore.open_or_create(cfg.out, meta)
     _check_collect_meta(store, meta)
     missing = store.missing(cfg.episodes)
+    have = cfg.episodes - len(missing)
+    if not missing:
+        print(
+            f"{store.path} already holds the {cfg.episodes} episodes asked for; nothing to "
+            "collect (ask for more --episodes, or remove it to collect again)",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif have:
+        print(
+            f"resuming collect at {have} of {cfg.episodes} episodes ({store.path})",
+            file=sys.stderr,
+            flush=True,
+        )
     workers = max(1, min(cfg.workers or os.cpu_count() or 1, max(1, len(missing))))
 
     job = _Job(preset=preset, policy=policy_name, seed=cfg.seed, store_path=str(store.path))
@@ -340,7 +373,7 @@ def collect(cfg: CollectConfig) -> CollectSummary:
 
         with tqdm(
             total=cfg.episodes,
-            initial=cfg.episodes - len(missing),
+            initial=have,
             unit="ep",
             desc=f"collect {preset.name}",
             disable=not cfg.progress,
@@ -350,8 +383,7 @@ def collect(cfg: CollectConfig) -> CollectSummary:
                 bar.update(1)
                 bar.set_postfix(steps=stats.num_steps, ret=f"{stats.episode_return:.1f}")
     summary = _summarize(store, time.perf_counter() - t0, new)
-    if cfg.progress:
-        _print_summary(store, summary)
+    _print_summary(store, summary)
     return summary
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dreamlab.io import jsonable
+from dreamlab.io import DreamlabError, jsonable
 
 __all__ = [
     "FORMAT_VERSION",
@@ -57,7 +57,7 @@ _STORABLE = {v.str for v in SAFETENSORS_DTYPES.values()}
 Rows = Literal["per_obs", "per_step"]
 
 
-class StoreError(Exception):
+class StoreError(DreamlabError):
     """A store or episode file is missing, corrupt, or does not match what was expected."""
 
 

@@ -22,11 +22,13 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image
 
+from dreamlab.io import DreamlabError
+
 MIN_IMAGE_SIDE = 8
 """a Box smaller than this on either side is a state vector, not a picture"""
 
 
-class EnvSpecError(ValueError):
+class EnvSpecError(DreamlabError, ValueError):
     """The environment cannot be used (unknown id, unusable observation or action space)."""
 
 

@@ -29,6 +29,14 @@ class PipelineConfig:
     catch-dreamer-continuous, catch-dreamer-debug, carracing-dreamer; diffusion catch-diffusion,
     catch-diffusion-debug; tokens catch-tokens, catch-tokens-iris (default for a new run: catch).
     An existing run resumes with its own"""
+    env: str | None = None
+    """your own environment for a new V/M/C run sized from it (the `generic` preset,
+    docs/envs.md): `pkg.module:Class`, a registered Gymnasium id, or an env preset name"""
+    env_kwargs: str | None = None
+    """keyword arguments of --env's constructor as JSON, e.g. '{"size": 32}'"""
+    data: Path | None = None
+    """an episode store of frames (`collect`, `import`, `import-minari`) to start a new generic
+    V/M/C run from, instead of collecting"""
     until: str | None = None
     """stop after this stage (default: run them all; the stages are the generation's, e.g.
     V/M/C: collect, vae, encode, mdnrnn, controller, iterate, controller_vonly, evaluate, dream,

@@ -5,14 +5,19 @@ posterior ``mu`` and ``logvar`` of every observation (``(T+1, Z)`` float32) plus
 ``action``, ``reward``, ``terminated`` and ``truncated``. Storing the posterior rather than one
 sample lets the MDN-RNN re-sample ``z`` every batch, as the original code does.
 
-Encoding is resumable: episodes already in the latent store are skipped. A fingerprint of the
-VAE's weights is kept in the store's metadata so that a resumed encode can never mix latents of
-two different VAEs in one store.
+Encoding is resumable: episodes already in the latent store are skipped, and each episode is
+written atomically, so an encode killed at any moment (even by SIGKILL) leaves a readable store
+that a rerun completes without duplicating or losing an episode. A fingerprint of the VAE's
+weights is kept in the store's metadata so that a resumed encode can never mix latents of two
+different VAEs in one store. Every call says in one line what it did (resumed, encoded, or found
+nothing to do).
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,19 +135,36 @@ def encode_store(
         )
     done = set(out.indices)
     todo = [i for i in obs_store.indices if i not in done]
+    total = len(obs_store.indices)
+    if not todo:
+        print(
+            f"latents are complete ({total} of {total} episodes) at {out.path}; remove it to "
+            "encode again",
+            file=sys.stderr,
+            flush=True,
+        )
+        return out
+    if len(todo) < total:
+        print(
+            f"resuming encode at episode {total - len(todo)} of {total} ({out.path})",
+            file=sys.stderr,
+            flush=True,
+        )
+    t0 = time.perf_counter()
     per_step = ("action", "reward", "terminated", "truncated")
-    bar = tqdm(
-        todo,
-        desc="encode",
-        unit="ep",
-        disable=not progress,
-        initial=len(obs_store.indices) - len(todo),
-        total=len(obs_store.indices),
+    with tqdm(
+        todo, desc="encode", unit="ep", disable=not progress, initial=total - len(todo), total=total
+    ) as bar:
+        for index in bar:
+            episode = obs_store.episode(index)
+            mu, logvar = encode_frames(vae, episode["obs"], batch_size)  # (T+1, Z) each
+            per_step_arrays = {k: np.asarray(episode[k]) for k in per_step}
+            arrays = {"mu": mu, "logvar": logvar, **per_step_arrays}
+            out.append(arrays, index=index, info={"source_episode": str(index)})
+    print(
+        f"encode: {len(todo)} episodes in {time.perf_counter() - t0:.1f} s, {total} of {total} "
+        f"at {out.path}",
+        file=sys.stderr,
+        flush=True,
     )
-    for index in bar:
-        episode = obs_store.episode(index)
-        mu, logvar = encode_frames(vae, episode["obs"], batch_size)  # (T+1, Z) each
-        arrays = {"mu": mu, "logvar": logvar, **{k: np.asarray(episode[k]) for k in per_step}}
-        out.append(arrays, index=index, info={"source_episode": str(index)})
-    bar.close()
     return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +257,19 @@ def evolve(
         best_eval = None
         if metrics_path.exists():
             metrics_path.unlink()  # a fresh run: stale metrics would mislead
+    if start_gen >= cfg.generations:
+        print(
+            f"controller is trained (generation {start_gen} of {cfg.generations}) at {out}; "
+            "remove it, or train into another directory, to train again",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif start_gen:
+        print(
+            f"resuming controller at generation {start_gen} of {cfg.generations} ({out})",
+            file=sys.stderr,
+            flush=True,
+        )
     atomic_write_json(
         out / "evolve.json",
         {"config": dataclasses.asdict(cfg), "num_params": dim, "resumed_from": start_gen},
@@ -372,7 +386,7 @@ def evolve(
         "last": history[-1] if history else None,
     }
     atomic_write_json(out / "summary.json", summary)
-    if cfg.progress:
+    if start_gen < cfg.generations:  # what this call did, whether or not bars were shown
         tqdm.write(
             f"evolve: {result.generations} generations, best candidate {best_return:.4g}, "
             f"best mean eval {best_eval if best_eval is None else round(best_eval, 4)}, "

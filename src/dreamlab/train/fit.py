@@ -3,7 +3,11 @@
 Any ``nn.Module`` with ``compute_loss(batch) -> (loss, metrics)`` and a registered kind (see
 :mod:`dreamlab.checkpoint`) trains here: AdamW, gradient clipping, a progress bar, metrics as
 JSON lines + TensorBoard, periodic checkpoints that a killed run resumes from, and a hard stop
-on a non-finite loss that never overwrites the last good checkpoint.
+on a non-finite loss that never overwrites the last good checkpoint. The batch sources that
+resume with it are in :mod:`dreamlab.train.batches`.
+
+Every call says in one line what it did: that it resumed (and from which step), that the stage
+was already trained (nothing to do), or how many steps it trained, to where.
 
 The stage directory (``runs/NAME/vae``) ends up holding::
 
@@ -17,7 +21,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +43,16 @@ from dreamlab.checkpoint import (
     save_optimizer,
     weights_step,
 )
-from dreamlab.data.sampling import FrameSampler, SequenceSampler
-from dreamlab.data.store import EpisodeStore
-from dreamlab.io import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from dreamlab.io import (
+    DreamlabError,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+)
 from dreamlab.progress import tqdm
+from dreamlab.train.batches import Batch
 from dreamlab.viz import plot_curves
 
 __all__ = [
@@ -50,15 +60,12 @@ __all__ = [
     "TrainConfig",
     "TrainingDivergedError",
     "fit",
-    "frame_batches",
-    "sequence_batches",
 ]
 
 TRAINER_FILE = "trainer.json"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
-Batch = dict[str, Any]
 Batches = Iterable[Batch] | Callable[[int], Iterator[Batch]]
 
 
@@ -89,7 +96,7 @@ class TrainConfig:
     num_threads: int = 0
     """torch CPU threads (0 keeps torch's default)"""
     progress: bool = True
-    """show a progress bar and print a summary at the end"""
+    """show a progress bar (the one-line summary of what was done is printed either way)"""
     tensorboard: bool = True
     """also write metrics to TensorBoard under OUT_DIR/tb"""
 
@@ -123,17 +130,25 @@ class TrainConfig:
         return max(1, math.ceil(self.epochs * num_samples / self.batch_size))
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(DreamlabError, RuntimeError):
     """The loss or gradient became NaN/inf; the last good checkpoint was left untouched."""
 
-    def __init__(self, stage: str, step: int, what: str, metrics: dict[str, float]) -> None:
+    def __init__(
+        self,
+        stage: str,
+        step: int,
+        what: str,
+        metrics: dict[str, float],
+        where: str | Path | None = None,
+    ) -> None:
         self.stage = stage
         self.step = step
         self.metrics = metrics
+        place = f" in {where}" if where is not None else ""
         super().__init__(
-            f"{stage}: training diverged at step {step}: {what} is not finite "
-            f"(metrics {metrics}). The last checkpoint was kept; lower the learning rate or "
-            "check the data."
+            f"{stage}: training diverged at step {step}: {what} is not finite (metrics "
+            f"{metrics}); nothing was saved over the last good checkpoint{place}: lower the "
+            "learning rate or check the data"
         )
 
 
@@ -188,90 +203,6 @@ def _batch_stream(batches: Batches, start_step: int) -> Iterator[Batch]:
                 "fit: the batch iterator ran out before total_steps; pass a re-iterable or a "
                 "callable start_step -> iterator"
             )
-
-
-def frame_batches(
-    store: EpisodeStore, batch_size: int, seed: int = 0, key: str = "obs"
-) -> Callable[[int], Iterator[Batch]]:
-    """Resumable batch source for the VAE: ``{"obs": (B, H, W, 3) uint8}`` epoch by epoch.
-
-    Epoch ``e`` is the permutation drawn from ``seed`` and ``e``, so the stream started at any
-    step is exactly the stream an uninterrupted run saw from that step on. The last batch of an
-    epoch is dropped so every step has ``batch_size`` frames.
-
-    Returns:
-        ``start_step -> iterator`` for :func:`fit`; ``.steps_per_epoch`` holds batches per epoch.
-    """
-    sampler = FrameSampler(store, batch_size, seed=seed, key=key, drop_last=True)
-    per_epoch = max(1, len(sampler))
-
-    def stream(start_step: int) -> Iterator[Batch]:
-        step = start_step
-        while True:
-            epoch, b = divmod(step, per_epoch)
-            perm = np.random.default_rng([seed, epoch]).permutation(sampler.num_frames)
-            for i in range(b, per_epoch):
-                ids = perm[i * batch_size : (i + 1) * batch_size]
-                if len(ids) < batch_size:  # fewer frames than one batch: draw with replacement
-                    ids = np.random.default_rng([seed, epoch, i]).integers(
-                        0, sampler.num_frames, batch_size
-                    )
-                step += 1
-                yield {key: sampler.gather(ids)}
-
-    stream.steps_per_epoch = per_epoch  # type: ignore[attr-defined]
-    return stream
-
-
-def sequence_batches(
-    store: EpisodeStore | Sequence[EpisodeStore],
-    seq_len: int,
-    batch_size: int,
-    seed: int = 0,
-    keys: tuple[str, ...] = ("mu", "logvar", "action", "reward", "terminated"),
-    cover_ends: bool = True,
-) -> Callable[[int], Iterator[Batch]]:
-    """Resumable batch source for the MDN-RNN: random windows of ``seq_len`` steps.
-
-    Batch ``s`` is drawn from a generator seeded with ``(seed, s)``, so a resumed run continues
-    the exact stream. Per-observation keys have ``seq_len + 1`` rows, per-step keys ``seq_len``.
-
-    ``cover_ends`` draws windows around uniformly drawn steps so that episode ends (where
-    ``terminated`` is true) are seen about as often as other steps (see
-    :class:`~dreamlab.data.sampling.SequenceSampler`).
-
-    Several stores (e.g. random play and the agent's own play) are sampled as one: each window
-    comes from a store with probability proportional to the steps it holds.
-
-    Returns:
-        ``start_step -> iterator`` for :func:`fit`; ``.steps_per_epoch`` holds batches per pass.
-    """
-    stores = list(store) if isinstance(store, list | tuple) else [store]
-    if not stores:
-        raise ValueError("sequence_batches: no stores given")
-    samplers = [
-        SequenceSampler(s, seq_len, batch_size, seed=seed, keys=keys, cover_ends=cover_ends)
-        for s in stores
-    ]
-    weights = np.array([s.eligible_steps for s in samplers], np.float64)
-    weights /= weights.sum()
-
-    def stream(start_step: int) -> Iterator[Batch]:
-        step = start_step
-        while True:
-            rng = np.random.default_rng([seed, step])
-            step += 1
-            if len(samplers) == 1:
-                yield samplers[0].gather(samplers[0].draw(rng, batch_size))
-                continue
-            counts = rng.multinomial(batch_size, weights)  # windows per store
-            parts = [
-                s.gather(s.draw(rng, int(k))) for s, k in zip(samplers, counts, strict=True) if k
-            ]
-            yield {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-    stream.steps_per_epoch = sum(len(s) for s in samplers)  # type: ignore[attr-defined]
-    return stream
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -399,9 +330,20 @@ def fit(
         if previous:
             last_logged = {k: v for k, v in previous[-1].items() if k not in ("step", "time")}
     if start_step >= total_steps:
+        at = (
+            f"step {start_step} of {total_steps}"
+            if start_step == total_steps
+            else (f"step {start_step}, {total_steps} asked for")
+        )
+        _say(
+            f"{stage} is trained ({at}) at {out_dir}; remove it, or train into another "
+            "directory, to train again"
+        )
         return FitResult(
             stage, out_dir, start_step, start_step, total_steps, prior_seconds, last_logged
         )
+    if start_step:
+        _say(f"resuming {stage} at step {start_step} of {total_steps} ({out_dir})")
 
     writer = None
     if cfg.tensorboard:
@@ -412,7 +354,9 @@ def fit(
     def save_checkpoint(step: int, seconds: float) -> None:
         for name, p in model.named_parameters():
             if not torch.isfinite(p).all():
-                raise TrainingDivergedError(stage, step, f"parameter {name!r}", last_logged)
+                raise TrainingDivergedError(
+                    stage, step, f"parameter {name!r}", last_logged, out_dir
+                )
         # trainer.json goes last: it is what marks the checkpoint as complete.
         save_model(out_dir, model, model.config, kind, step=step)
         save_optimizer(out_dir, optimizer, step=step, extra=_rng_state(device))
@@ -448,13 +392,13 @@ def fit(
             batch = {k: _to_tensor(v, device) for k, v in next(stream).items()}
             loss, metrics = compute_loss(batch)
             if not torch.isfinite(loss):
-                raise TrainingDivergedError(stage, step, "the loss", metrics)
+                raise TrainingDivergedError(stage, step, "the loss", metrics, out_dir)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             if not math.isfinite(grad_norm):
-                raise TrainingDivergedError(stage, step, "the gradient norm", metrics)
+                raise TrainingDivergedError(stage, step, "the gradient norm", metrics, out_dir)
             optimizer.step()
 
             metrics = {**metrics, "grad_norm": grad_norm}
@@ -481,13 +425,16 @@ def fit(
     seconds = prior_seconds + time.perf_counter() - t0
     plot_curves(metrics_path, out_dir / CURVES_FILE)
     result = FitResult(stage, out_dir, step, start_step, total_steps, seconds, last_logged)
-    if cfg.progress:
-        done = step - start_step
-        shown = ", ".join(f"{k.rsplit('/', 1)[-1]}={v:.4g}" for k, v in last_logged.items())
-        print(
-            f"{stage}: {done} steps in {time.perf_counter() - t0:.1f}s "
-            f"({done / max(time.perf_counter() - t0, 1e-9):.1f} steps/s), step {step}/{total_steps}; "
-            f"{shown}",
-            file=sys.stderr,
-        )
+    took = time.perf_counter() - t0
+    shown = "".join(f", {k.rsplit('/', 1)[-1]}={v:.4g}" for k, v in last_logged.items())
+    _say(
+        f"{stage}: trained {step - start_step} steps in {took:.1f} s "
+        f"({(step - start_step) / max(took, 1e-9):.1f} steps/s), step {step} of {total_steps} "
+        f"at {out_dir}{shown}"
+    )
     return result
+
+
+def _say(message: str) -> None:
+    """Print one line saying what :func:`fit` did (stderr: stdout may be a command's result)."""
+    print(message, file=sys.stderr, flush=True)

@@ -147,6 +147,13 @@ def _record_config(out: Path, cfg: TrainDiffusionConfig) -> None:
     """Write ``OUT/config.json`` for a new run; for an existing one check it holds ``cfg``."""
     found = read_run_config(out)
     if found is None:
+        # a bad --data or env is one clear error before anything is written
+        if cfg.data is not None:
+            EpisodeStore.open(cfg.data)
+        else:
+            from dreamlab.envs import make_env
+
+            make_env(cfg.env, **cfg.env_kwargs).close()
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, KIND, asdict(cfg))
         return

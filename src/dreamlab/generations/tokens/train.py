@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from dreamlab.data.store import EpisodeStore
 from dreamlab.envs.scenarios import CATCH_WORDS
 from dreamlab.generations.args import PipelineConfig
 from dreamlab.generations.tokens.agent import TokenAgent, train_agent
@@ -43,7 +44,8 @@ from dreamlab.io import read_json
 from dreamlab.models.tokens import TokenTransformer, token_transformer_preset
 from dreamlab.models.vq import VQTokenizer, vq_preset
 from dreamlab.rundir import RunError, store_action_space, timed
-from dreamlab.train.fit import TrainConfig, fit, frame_batches
+from dreamlab.train.batches import frame_batches
+from dreamlab.train.fit import TrainConfig, fit
 from dreamlab.worldmodel import ActionSpec
 
 __all__ = [
@@ -87,6 +89,13 @@ def train_tokens(
         ValueError: the store's frames do not fit the preset's tokenizer.
     """
     out = Path(out)
+    if read_token_config(out) is None:  # a bad --data or env fails before the run is written
+        if data is not None:
+            EpisodeStore.open(data)
+        else:
+            from dreamlab.envs import make_env
+
+            make_env(cfg.env, **cfg.env_kwargs).close()
     cfg = start_run(out, cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)

@@ -4,7 +4,11 @@
 Each dataclass below is both a CLI command's arguments and the argument of the library function
 beside it: ``dreamlab train-vae --run R --epochs 5`` is ``train_vae(TrainVAEArgs(run=R,
 epochs=5))``. Overrides given on the command line are written into the run's ``config.json``, so
-the file always says what was run.
+the file always says what was run; they are written only once the stage's inputs are found, so a
+command that fails on a missing input leaves the run as it was.
+
+Each command says in one line what it did: which stage it trained or encoded and to where, that it
+resumed and from which step, or that the stage was already done and how to redo it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def _override(obj: Any, **values: Any) -> Any:
 def train_vae(args: TrainVAEArgs) -> Any:
     """Train V with the run's settings and the overrides given (a new run: from ``--preset``)."""
     run = Run.open_or_create(args.run, args.preset)
+    run.data()  # no episodes: one clear error before config.json is written
     cfg = run.config
     cfg.vae_train = _override(
         cfg.vae_train, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr
@@ -109,6 +114,8 @@ class TrainMDNRNNArgs:
 def train_mdnrnn(args: TrainMDNRNNArgs) -> Any:
     """Train M with the run's settings and the overrides given."""
     run = Run.open(args.run)
+    run.vae_config()  # missing inputs fail before config.json is rewritten
+    run.latents()
     cfg = run.config
     cfg.mdnrnn_train = _override(
         cfg.mdnrnn_train, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size
@@ -160,6 +167,8 @@ class TrainControllerArgs:
 def train_controller(args: TrainControllerArgs) -> Any:
     """Train C with the run's CMA-ES settings and the overrides given."""
     run = Run.open(args.run)
+    run.vae_config()  # missing inputs fail before config.json is rewritten
+    run.latents()
     cfg = run.config
     backend = "dream" if args.in_ == "dream" else ("ray" if args.ray else "processes")
     cfg.evolve = _override(

@@ -56,6 +56,8 @@ class RunConfig:
     """name of the preset these settings started from"""
     env: str = "catch"
     """environment: preset name, registered Gymnasium id, or pkg.module:Class"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments of the environment's constructor"""
     seed: int = 0
     """seed of every stage"""
     collect_episodes: int = 300

@@ -283,6 +283,7 @@ def _evolve_controller(
         WorldModelAgentFactory(run / "vae", run.round_dir(round_) / "mdnrnn", ccfg),
         # the real check plays whole episodes even when training dreams are short
         max_episode_steps=ecfg.max_episode_steps if ecfg.backend != "dream" else None,
+        env_kwargs=dict(cfg.env_kwargs),
     )
     backend = make_evaluator(
         ecfg, controller, world_model=world_model, start_latents=start, rollout=rollout

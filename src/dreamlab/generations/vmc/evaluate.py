@@ -19,7 +19,6 @@ import torch
 
 from dreamlab.checkpoint import has_model
 from dreamlab.dream import DreamEnv
-from dreamlab.envs import make_env
 from dreamlab.envs.policies import make_policy
 from dreamlab.eval.dream_vs_real import dream_vs_real
 from dreamlab.eval.evaluate import evaluate_policy
@@ -108,7 +107,7 @@ def evaluate_agent(
     cfg = run.config
     policy = load_agent(run, which, planner, pessimism, precision)
     result = evaluate_policy(
-        lambda: make_env(cfg.env),
+        run.make_env,
         policy,
         episodes,
         env_name=cfg.env,

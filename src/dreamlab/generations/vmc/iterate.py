@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from dreamlab.data.store import EpisodeStore
-from dreamlab.envs import make_env
 from dreamlab.envs.policies import NoisyPolicy
 from dreamlab.eval.evaluate import evaluate_policy
 from dreamlab.generations.vmc.agent import WorldModelAgent
@@ -25,9 +24,10 @@ from dreamlab.generations.vmc.config import RunConfig
 from dreamlab.generations.vmc.controller import stage_controller
 from dreamlab.generations.vmc.run import Run
 from dreamlab.rundir import RunError, timed
+from dreamlab.train.batches import sequence_batches
 from dreamlab.train.encode import encode_store
 from dreamlab.train.evolve import EvolveConfig
-from dreamlab.train.fit import fit, sequence_batches
+from dreamlab.train.fit import fit
 
 __all__ = [
     "stage_explore",
@@ -79,7 +79,7 @@ def stage_explore(run: Run, round_: int, progress: bool = True) -> EpisodeStore:
         agent = WorldModelAgent(run.world_model("zh", round_=round_), run.controller(name))
         policy = NoisyPolicy(agent, run.action_space(), cfg.iterate_noise, seed=seed)
         result = evaluate_policy(
-            lambda: make_env(cfg.env),
+            run.make_env,
             policy,
             len(missing),
             env_name=cfg.env,

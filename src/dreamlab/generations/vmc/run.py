@@ -175,7 +175,7 @@ class Run:
             try:
                 store = self.data()
             except RunError:
-                env = make_env(self.config.env)
+                env = self.make_env()
                 try:
                     self._action_space = env.action_space
                 finally:
@@ -183,6 +183,10 @@ class Run:
             else:
                 self._action_space = store_action_space(store)
         return self._action_space
+
+    def make_env(self) -> Any:
+        """A fresh real env of this run (its ``env`` and ``env_kwargs``)."""
+        return make_env(self.config.env, **self.config.env_kwargs)
 
     def world_model(
         self,

@@ -23,8 +23,9 @@ from dreamlab.models import frames_to_tensor
 from dreamlab.models.mdnrnn import MDNRNN
 from dreamlab.models.vae import VAE
 from dreamlab.rundir import timed
+from dreamlab.train.batches import frame_batches, sequence_batches
 from dreamlab.train.encode import encode_store
-from dreamlab.train.fit import fit, frame_batches, sequence_batches
+from dreamlab.train.fit import fit
 from dreamlab.viz import save_image_grid
 
 __all__ = ["stage_collect", "stage_encode", "stage_mdnrnn", "stage_vae"]
@@ -39,6 +40,7 @@ def stage_collect(run: Run, progress: bool = True) -> Any:
         lambda: collect(
             CollectConfig(
                 env=cfg.env,
+                env_kwargs=dict(cfg.env_kwargs),
                 out=run / "data",
                 episodes=cfg.collect_episodes,
                 policy=cfg.collect_policy,

@@ -64,7 +64,7 @@ def bootstrap_sequence_batches(
 ) -> Callable[[int], Iterator[Batch]]:
     """Resumable batch source over a bootstrap resample of the store's episodes.
 
-    Like :func:`dreamlab.train.fit.sequence_batches` with ``cover_ends=True`` (a uniformly drawn
+    Like :func:`dreamlab.train.batches.sequence_batches` with ``cover_ends=True`` (a uniformly drawn
     step, then a window containing it), except that episode ``e`` is drawn in proportion to
     ``counts[e] * length[e]``: the resample's steps are uniformly likely. Batch ``s`` is drawn
     from a generator seeded with ``(seed, s)``, so a resumed run continues the exact stream.

@@ -1,0 +1,175 @@
+"""A user's own pixel env, end to end from the command line (docs/envs.md): ``dreamlab pipeline
+--env tests_module:Class --run R`` sizes a V/M/C run from the env and its episodes, C trains only
+in the dream and beats random in the real env; bad input is one sentence and writes nothing.
+
+``Reach`` is defined here, not in dreamlab: a blue block at the bottom moves left, stays or right
+(``Discrete(3)``) under a red target at a random column; every step under the target pays 1
+(rewards per step), and the episode ends on a time limit. ``ReachBox`` is the same with a 1-D
+``Box`` action. Random play earns ~1/5 of the reward a tracker earns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from dreamlab import cli
+from dreamlab.data.collect import CollectConfig, collect
+
+SIZE, BLOCK, SPEED = 64, 8, 4
+MODULE = Path(__file__).stem  # pytest puts tests/ on sys.path, so "test_own_env:Reach" imports
+
+
+class Reach(gym.Env[np.ndarray, Any]):
+    """Move under the target; +1 per step under it; 32 steps."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, steps: int = 32, render_mode: str | None = None) -> None:
+        self.observation_space = gym.spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
+        self.action_space: gym.Space[Any] = gym.spaces.Discrete(3)
+        self.steps, self.render_mode = steps, render_mode
+        self.x = self.target = self.t = 0
+
+    def _frame(self) -> np.ndarray:
+        frame = np.zeros((SIZE, SIZE, 3), np.uint8)
+        frame[4 : 4 + BLOCK, self.target : self.target + BLOCK, 0] = 255
+        frame[SIZE - 4 - BLOCK : SIZE - 4, self.x : self.x + BLOCK, 2] = 255
+        return frame
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.x = int(self.np_random.integers(0, SIZE - BLOCK + 1))
+        self.target = int(self.np_random.integers(0, SIZE - BLOCK + 1))
+        self.t = 0
+        return self._frame(), {}
+
+    def _move(self, action: Any) -> int:
+        return int(action) - 1
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.x = int(np.clip(self.x + SPEED * self._move(action), 0, SIZE - BLOCK))
+        self.t += 1
+        reward = float(abs(self.x - self.target) < BLOCK // 2 + SPEED)
+        return self._frame(), reward, False, self.t >= self.steps, {}
+
+    def render(self) -> np.ndarray:
+        return self._frame()
+
+
+class ReachBox(Reach):
+    """:class:`Reach` with a continuous action in [-1, 1] (its sign moves the block)."""
+
+    def __init__(self, steps: int = 32, render_mode: str | None = None) -> None:
+        super().__init__(steps, render_mode)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def _move(self, action: Any) -> int:
+        a = float(np.asarray(action).reshape(-1)[0])
+        return 0 if abs(a) < 1 / 3 else int(np.sign(a))
+
+
+class NoImage(gym.Env[np.ndarray, Any]):
+    """A state vector and no way to render it."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+
+
+class WideBox(NoImage):
+    """A Box observation that is not an image (H, W, 5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observation_space = gym.spaces.Box(0, 255, (64, 64, 5), np.uint8)
+
+
+@pytest.mark.slow  # ~5 minutes per env on 2 cores: `make test-slow`
+@pytest.mark.learning
+@pytest.mark.parametrize("env_class", ["Reach", "ReachBox"])
+def test_generic_pipeline_on_an_own_env_beats_random_from_the_dream(
+    env_class: str, tmp_path: Path, seed: int, check: Any
+) -> None:
+    run = tmp_path / "run"
+    env = f"{MODULE}:{env_class}"
+    args = ["pipeline", "--env", env, "--env-kwargs", '{"steps": 32}', "--run", str(run)]
+    assert cli.main([*args, "--seed", str(seed), "--no-progress", "--until", "iterate"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    config = saved["config"]
+    assert saved["kind"] == "vmc" and config["preset"] == "generic"
+    assert config["env"] == env and config["env_kwargs"] == {"steps": 32}
+    # sized from the data: 32-step episodes, 64x64 frames, the env's own action space
+    assert config["vae"]["frame_size"] == 64 and config["evolve"]["max_episode_steps"] == 39
+    # resumes from config.json alone
+    assert cli.main(["pipeline", "--run", str(run), "--no-progress", "--until", "iterate"]) == 0
+    assert cli.main(["evaluate", "--run", str(run), "--episodes", "50", "--agent", "random"]) == 0
+    assert cli.main(["evaluate", "--run", str(run), "--episodes", "50"]) == 0
+    scores = json.loads((run / "eval.json").read_text())["agents"]
+    random_return = scores["random"]["mean_return"]
+    c_return = scores["controller"]["mean_return"]
+    check("C's return / random's", c_return / max(random_return, 1e-6), ">", 1.5)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--env", f"{MODULE}:NoImage"], "NoImage"),
+        (["--env", f"{MODULE}:WideBox"], "WideBox"),
+        (["--env", "no_such_module_xyz:Env"], "no_such_module_xyz"),
+        (["--env", f"{MODULE}:NoSuchClass"], "NoSuchClass"),
+        (["--env", f"{MODULE}:Reach", "--env-kwargs", "{steps: 3}"], "--env-kwargs"),
+        (["--env", f"{MODULE}:Reach", "--preset", "catch"], "not both"),
+        (["--data", "/nonexistent/store"], "not an episode store"),
+    ],
+)
+def test_bad_own_env_input_is_one_sentence_and_writes_nothing(
+    args: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert cli.main(["pipeline", "--run", str(run), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dreamlab: error:") and "\n" not in err and says in err, err
+    assert not run.exists()
+
+
+def test_data_of_another_env_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "catch-data"
+    collect(CollectConfig(env="catch", out=data, episodes=2, workers=1, progress=False))
+    run = tmp_path / "run"
+    args = ["pipeline", "--run", str(run), "--env", f"{MODULE}:Reach", "--data", str(data)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "catch" in err and "not" in err and "\n" not in err
+    assert not run.exists()
+
+
+def test_generic_config_is_sized_from_the_env_and_its_episodes(tmp_path: Path) -> None:
+    from dreamlab.data.store import EpisodeStore
+    from dreamlab.generations.vmc.generic import foreground_share, generic_config
+
+    for env_class, steps in (("Reach", 20), ("ReachBox", 50)):
+        out = tmp_path / env_class
+        env = f"{MODULE}:{env_class}"
+        collect(
+            CollectConfig(
+                env=env, out=out, episodes=6, workers=1, progress=False, env_kwargs={"steps": steps}
+            )
+        )
+        store = EpisodeStore.open(out)
+        cfg = generic_config(store, env, {"steps": steps}, seed=3)
+        assert cfg.env == env and cfg.env_kwargs == {"steps": steps} and cfg.seed == 3
+        assert cfg.vae.frame_size == 64
+        # two 8x8 blocks on 64x64: 3.1 % of the pixels, weighted to ~25 % of V's loss
+        assert foreground_share(store) == pytest.approx(128 / 4096, rel=0.05)
+        assert cfg.vae.foreground_weight == pytest.approx(0.25 / (128 / 4096), rel=0.05)
+        assert cfg.vae_train.steps == 1000
+        assert cfg.evolve.max_episode_steps == int(np.ceil(steps * 1.2))
+        assert cfg.seq_len == min(steps, 32)
+        generations = 500_000 // (16 * 8 * cfg.evolve.max_episode_steps)
+        assert cfg.evolve.generations == min(150, max(20, generations))
