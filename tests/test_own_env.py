@@ -173,3 +173,25 @@ def test_generic_config_is_sized_from_the_env_and_its_episodes(tmp_path: Path) -
         assert cfg.seq_len == min(steps, 32)
         generations = 500_000 // (16 * 8 * cfg.evolve.max_episode_steps)
         assert cfg.evolve.generations == min(150, max(20, generations))
+
+
+def test_a_run_from_recorded_data_links_the_store_and_records_its_env(tmp_path: Path) -> None:
+    data = tmp_path / "recorded"
+    env = f"{MODULE}:Reach"
+    collect(
+        CollectConfig(
+            env=env, out=data, episodes=4, workers=1, progress=False, env_kwargs={"steps": 12}
+        )
+    )
+    run = tmp_path / "run"
+    assert cli.main(["pipeline", "--data", str(data), "--run", str(run), "--until", "collect"]) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["preset"] == "generic" and config["env"] == env
+    assert config["env_kwargs"] == {"steps": 12} and config["collect_episodes"] == 4
+    assert config["evolve"]["max_episode_steps"] == 15  # 12 steps + 20 %
+    assert sorted(p.name for p in (run / "data" / "episodes").iterdir()) == sorted(
+        p.name for p in (data / "episodes").iterdir()
+    )
+    # the same --data again resumes; another env's run directory is refused
+    assert cli.main(["pipeline", "--data", str(data), "--run", str(run), "--until", "collect"]) == 0
+    assert cli.main(["pipeline", "--run", str(run), "--env", f"{MODULE}:ReachBox"]) == 2

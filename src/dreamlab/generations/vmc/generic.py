@@ -60,6 +60,21 @@ def _link_store(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
+def _check_store(store: EpisodeStore) -> tuple[int, ...]:
+    """The frame shape of ``store``, checked usable by V/M/C: square RGB frames and a
+    ``Discrete(n)`` or 1-D ``Box`` action space (else :class:`RunError`)."""
+    shape = tuple(store.meta.schema["obs"].shape)
+    if len(shape) != 3 or shape[-1] != 3 or shape[0] != shape[1]:
+        raise RunError(
+            f"{store.path}: frames of shape {shape}; V needs square RGB frames (S, S, 3) — "
+            "make_env resizes an env's frames to 64x64"
+        )
+    space = store_action_space(store)
+    if not (hasattr(space, "n") or len(getattr(space, "shape", ()) or ()) == 1):
+        raise RunError(f"{store.path}: action space {space}; expected Discrete(n) or a 1-D Box")
+    return shape
+
+
 def prepare_data(
     run: Path,
     env: str | None,
@@ -88,6 +103,7 @@ def prepare_data(
                 f"{data}: its episodes come from env {recorded!r}, not {env!r}; give that env's "
                 "data or leave out --env"
             )
+        _check_store(store)  # before anything is written
         if not (target / STORE_FILE).is_file():
             run.mkdir(parents=True, exist_ok=True)
             _link_store(data, target)
@@ -133,15 +149,7 @@ def generic_config(
     Raises:
         RunError: frames that are not square RGB images, or an unusable action space.
     """
-    shape = tuple(store.meta.schema["obs"].shape)
-    if len(shape) != 3 or shape[-1] != 3 or shape[0] != shape[1]:
-        raise RunError(
-            f"{store.path}: frames of shape {shape}; V needs square RGB frames (S, S, 3) — "
-            "make_env resizes an env's frames to 64x64"
-        )
-    space = store_action_space(store)
-    if not (hasattr(space, "n") or len(getattr(space, "shape", ()) or ()) == 1):
-        raise RunError(f"{store.path}: action space {space}; expected Discrete(n) or a 1-D Box")
+    shape = _check_store(store)
     lengths = np.asarray(store.lengths, dtype=np.int64)
     if len(lengths) == 0:
         raise RunError(f"{store.path}: holds no episodes")
