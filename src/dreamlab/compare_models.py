@@ -333,9 +333,8 @@ def compare_models(args: CompareModelsArgs) -> Path:
             raise ValueError(f"compare-models: --{name.replace('_', '-')} must be >= 1")
     builders = {name: resolve_builder(name) for name in args.models}  # fail before any work
     torch.set_num_threads(args.num_threads)
+    data, env, env_kwargs, policy = _data(args)  # a bad --data fails before OUT is made
     args.out.mkdir(parents=True, exist_ok=True)
-
-    data, env, env_kwargs, policy = _data(args)
     held_store = _collect(
         args.out / "heldout",
         args.heldout_episodes,
