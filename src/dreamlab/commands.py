@@ -52,8 +52,10 @@ def dream(args: DreamArgs) -> Path:
 
 
 def report(args: ReportArgs) -> Path:
-    """Write ``RUN/report.md`` from what the run's stages saved."""
-    return for_run(args.run).report(Path(args.run))
+    """Write ``RUN/report.md`` from what the run's stages saved, and print its path."""
+    out = for_run(args.run).report(Path(args.run))
+    print(out)
+    return out
 
 
 def presets_help() -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "for_preset",
     "for_run",
     "get",
+    "lazy",
     "preset_names",
 ]
 
@@ -46,11 +47,16 @@ KINDS: dict[str, str] = {
 """kind -> package, in the order of the generations"""
 
 
-def _unsupported(kind: str, what: str, instead: str) -> Callable[..., Any]:
-    def fail(*_: Any, **__: Any) -> Any:
-        raise RunError(f"a {kind} run has no `dreamlab {what}`; {instead}")
+def lazy(target: str) -> Callable[..., Any]:
+    """``"module:function"`` as a callable that imports the module on its first call, so a
+    generation's ``__init__`` names its heavy functions without importing them."""
+    module, _, name = target.partition(":")
 
-    return fail
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = target
+    return call
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dreamlab.generations import Generation
+from dreamlab.generations import Generation, lazy
 from dreamlab.generations.rssm.config import DREAMER_PRESETS, KIND, DreamerConfig
 
 __all__ = ["GENERATION"]
-
-
-def _pipeline(run: Path, preset: str | None, options: Any) -> Path:
-    from dreamlab.generations.rssm.pipeline import run_dreamer_pipeline
-
-    return run_dreamer_pipeline(run, preset, options)
 
 
 def _load_agent(run: Path, device: str) -> Any:
@@ -44,32 +38,6 @@ def _load_world_model(run: Path, device: str) -> Any:
     return _load_agent(run, device).world_model
 
 
-def _evaluate(run: Path, args: Any) -> dict[str, Any]:
-    from dreamlab.generations.rssm.pipeline import evaluate_rssm
-
-    return evaluate_rssm(run, args)
-
-
-def _dream(run: Path, args: Any) -> Path:
-    from dreamlab.generations.rssm.report import dream_rssm
-
-    return dream_rssm(run, args)
-
-
-def _report(run: Path) -> Path:
-    from dreamlab.generations.rssm.report import write_dreamer_report
-
-    path = write_dreamer_report(run)
-    print(path)
-    return path
-
-
-def _build_contender(ctx: Any) -> Any:
-    from dreamlab.generations.rssm.contender import build_rssm
-
-    return build_rssm(ctx)
-
-
 GENERATION = Generation(
     kind=KIND,
     number=2,
@@ -79,12 +47,12 @@ GENERATION = Generation(
     model_kinds=("rssm", "actor_critic"),
     stages=("online", "report"),
     train_command="train-dreamer",
-    pipeline=_pipeline,
+    pipeline=lazy("dreamlab.generations.rssm.pipeline:run_dreamer_pipeline"),
     load_world_model=_load_world_model,
     load_agent=_load_agent,
-    evaluate=_evaluate,
-    dream=_dream,
-    report=_report,
-    build_contender=_build_contender,
+    evaluate=lazy("dreamlab.generations.rssm.pipeline:evaluate_rssm"),
+    dream=lazy("dreamlab.generations.rssm.report:dream_rssm"),
+    report=lazy("dreamlab.generations.rssm.report:write_dreamer_report"),
+    build_contender=lazy("dreamlab.generations.rssm.contender:build_rssm"),
     contender_name="rssm",
 )

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dreamlab.generations import Generation
+from dreamlab.generations import Generation, lazy
 from dreamlab.generations.tokens.config import TokenRunConfig, token_preset
 
 __all__ = ["GENERATION"]
@@ -58,40 +58,6 @@ def _load_agent(run: Path, device: str) -> Any:
     return agent
 
 
-def _evaluate(run: Path, args: Any) -> dict[str, Any]:
-    from dreamlab.eval.evaluate import score_agents
-    from dreamlab.generations.tokens.run import load_token_run
-
-    cfg, _, agent = load_token_run(run)
-    return score_agents(
-        run,
-        agent,
-        cfg.env,
-        dict(cfg.env_kwargs),
-        args.agent,
-        args.episodes,
-        seed=10_000 + cfg.seed,
-    )
-
-
-def _dream(run: Path, args: Any) -> Path:
-    from dreamlab.generations.tokens.dream import dream_tokens
-
-    return dream_tokens(Path(run), args)
-
-
-def _report(run: Path) -> Path:
-    from dreamlab.generations.tokens.evaluate import write_report
-
-    return write_report(Path(run))
-
-
-def _build_contender(ctx: Any) -> Any:
-    from dreamlab.generations.tokens.contender import build_contender
-
-    return build_contender(ctx)
-
-
 GENERATION = Generation(
     kind="tokens",
     number=4,
@@ -104,9 +70,9 @@ GENERATION = Generation(
     pipeline=_pipeline,
     load_world_model=_load_world_model,
     load_agent=_load_agent,
-    evaluate=_evaluate,
-    dream=_dream,
-    report=_report,
-    build_contender=_build_contender,
+    evaluate=lazy("dreamlab.generations.tokens.evaluate:evaluate_tokens"),
+    dream=lazy("dreamlab.generations.tokens.dream:dream_tokens"),
+    report=lazy("dreamlab.generations.tokens.evaluate:write_report"),
+    build_contender=lazy("dreamlab.generations.tokens.contender:build_contender"),
     contender_name="tokens",
 )

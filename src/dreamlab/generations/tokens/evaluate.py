@@ -19,12 +19,18 @@ from dreamlab.generations.tokens.probe import (
     open_loop_fidelity,
     prompt_agreement,
 )
-from dreamlab.generations.tokens.run import TokenRun, read_token_config
+from dreamlab.generations.tokens.run import TokenRun, load_token_run, read_token_config
 from dreamlab.generations.tokens.worldmodel import token_start_bank
 from dreamlab.io import atomic_write_json, atomic_write_text, read_json
 from dreamlab.rundir import RunError
 
-__all__ = ["evaluate_run", "heldout_episodes", "summary_markdown", "write_report"]
+__all__ = [
+    "evaluate_run",
+    "evaluate_tokens",
+    "heldout_episodes",
+    "summary_markdown",
+    "write_report",
+]
 
 
 def heldout_episodes(cfg: TokenRunConfig, count: int) -> list[dict[str, np.ndarray]]:
@@ -146,3 +152,14 @@ def write_report(path: Path) -> Path:
     out = path / "report.md"
     atomic_write_text(out, summary_markdown(path, cfg, report))
     return out
+
+
+def evaluate_tokens(run: Path, args: Any) -> dict[str, Any]:
+    """``dreamlab evaluate`` on a token run: ``args.agent`` over ``args.episodes`` real episodes,
+    on the evaluation seeds training used (``10_000 + seed``)."""
+    from dreamlab.eval.evaluate import score_agents
+
+    cfg, _, agent = load_token_run(run)
+    return score_agents(
+        run, agent, cfg.env, dict(cfg.env_kwargs), args.agent, args.episodes, seed=10_000 + cfg.seed
+    )

@@ -31,7 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dreamlab.generations import Generation
+from dreamlab.generations import Generation, lazy
 from dreamlab.generations.vmc.config import KIND, PRESETS, STAGES, RunConfig
 
 __all__ = ["GENERATION"]
@@ -62,30 +62,6 @@ def _load_agent(run: Path, device: str) -> Any:
     return WorldModelAgent(opened.world_model().to(device), opened.controller())
 
 
-def _evaluate(run: Path, args: Any) -> dict[str, Any]:
-    from dreamlab.generations.vmc.evaluate import evaluate
-
-    return evaluate(run, args)
-
-
-def _dream(run: Path, args: Any) -> Path:
-    from dreamlab.generations.vmc.evaluate import dream
-
-    return dream(run, args)
-
-
-def _report(run: Path) -> Path:
-    from dreamlab.generations.vmc.evaluate import report
-
-    return report(run)
-
-
-def _build_contender(ctx: Any) -> Any:
-    from dreamlab.generations.vmc.contender import build_vmc
-
-    return build_vmc(ctx)
-
-
 GENERATION = Generation(
     kind=KIND,
     number=1,
@@ -98,9 +74,9 @@ GENERATION = Generation(
     pipeline=_pipeline,
     load_world_model=_load_world_model,
     load_agent=_load_agent,
-    evaluate=_evaluate,
-    dream=_dream,
-    report=_report,
-    build_contender=_build_contender,
+    evaluate=lazy("dreamlab.generations.vmc.evaluate:evaluate"),
+    dream=lazy("dreamlab.generations.vmc.evaluate:dream"),
+    report=lazy("dreamlab.generations.vmc.evaluate:report"),
+    build_contender=lazy("dreamlab.generations.vmc.contender:build_vmc"),
     contender_name="vmc",
 )

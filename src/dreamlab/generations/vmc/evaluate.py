@@ -267,7 +267,5 @@ def dream(path: Path, args: DreamArgs) -> Path:
 
 
 def report(path: Path) -> Path:
-    """``dreamlab report`` on the V/M/C run at ``path``: write and print ``RUN/report.md``."""
-    out = write_report(Run.open(path))
-    print(out)
-    return out
+    """``dreamlab report`` on the V/M/C run at ``path``: write ``RUN/report.md``."""
+    return write_report(Run.open(path))
