@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dreamlab.data.schema import space_from_description
+from dreamlab.data.store import STORE_FILE, EpisodeStore
 from dreamlab.io import DreamlabError, atomic_write_json, jsonable, read_json
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "check_same_settings",
     "read_run_config",
     "record_time",
+    "run_action_space",
     "run_kind",
     "store_action_space",
     "timed",
@@ -133,3 +135,21 @@ def store_action_space(store: Any) -> Any:
     if not desc:
         raise RunError(f"{getattr(store, 'path', 'store')}: its metadata has no action space")
     return space_from_description(desc)
+
+
+def run_action_space(path: str | Path, env: str | None, env_kwargs: Mapping[str, Any]) -> Any:
+    """The action space of the run at ``path``: from its episode store's metadata
+    (``RUN/data``); only a run with no episodes yet makes its env (a VizDoom or Box2D process for
+    some presets) to ask it."""
+    data = Path(path) / "data"
+    if (data / STORE_FILE).is_file():
+        return store_action_space(EpisodeStore.open(data))
+    if env is None:
+        raise RunError(f"{path}: no episodes in data/ and no env to read the action space from")
+    from dreamlab.envs import make_env
+
+    made = make_env(env, **env_kwargs)
+    try:
+        return made.action_space
+    finally:
+        made.close()

@@ -168,6 +168,7 @@ def score_agents(
     from dreamlab.envs import make_env
     from dreamlab.envs.policies import make_policy
     from dreamlab.io import atomic_write_json, read_json
+    from dreamlab.rundir import run_action_space
     from dreamlab.viz import write_video
 
     out = Path(out_dir)
@@ -177,9 +178,7 @@ def score_agents(
             raise ValueError(f"{out}: agent {name!r} is not one this run has; use {known}")
     if "controller" in names and trained is None:
         raise ValueError(f"{out}: no trained agent yet; run `dreamlab pipeline --run {out}` first")
-    space_env = make_env(env_id, **env_kwargs)
-    space = space_env.action_space
-    space_env.close()
+    space = run_action_space(out, env_id, env_kwargs)
     file = out / "eval.json"
     results: dict[str, Any] = read_json(file, "eval") if file.exists() else {}
     results.setdefault("agents", {})

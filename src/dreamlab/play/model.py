@@ -95,24 +95,6 @@ SHORT_NAMES = {"vmc": "V+M", "rssm": "RSSM", "diffusion": "Diffusion", "tokens":
 """how the page names each generation's world model"""
 
 
-def _action_space(run: Path, env_id: str | None, env_kwargs: dict[str, Any]) -> Any:
-    """The run's action space: from its episode store's metadata, else from its env."""
-    from dreamlab.data.store import STORE_FILE, EpisodeStore
-    from dreamlab.rundir import store_action_space
-
-    if (run / "data" / STORE_FILE).is_file():
-        return store_action_space(EpisodeStore.open(run / "data"))
-    if env_id is None:
-        raise ValueError(f"{run}: no episodes in data/ and no env to read the action space from")
-    from dreamlab.envs import make_env
-
-    env = make_env(env_id, **env_kwargs)
-    try:
-        return env.action_space
-    finally:
-        env.close()
-
-
 def load_play_model(run: str | Path, *, device: str = "cpu", max_starts: int = 64) -> PlayModel:
     """Load the world model of a run directory for playing.
 
@@ -126,7 +108,7 @@ def load_play_model(run: str | Path, *, device: str = "cpu", max_starts: int = 6
             than the model's.
     """
     from dreamlab.generations import for_run
-    from dreamlab.rundir import read_run_config
+    from dreamlab.rundir import read_run_config, run_action_space
 
     path = Path(run)
     found = read_run_config(path)
@@ -138,7 +120,7 @@ def load_play_model(run: str | Path, *, device: str = "cpu", max_starts: int = 6
     env_kwargs = dict(config.get("env_kwargs") or {})
     model = PlayModel(
         world_model=generation.load_world_model(path, device),
-        action_space=_action_space(path, env_id, env_kwargs),
+        action_space=run_action_space(path, env_id, env_kwargs),
         start_frames=np.zeros((0, 1, 1, 3), np.uint8),
         env_id=None if env_id is None else str(env_id),
         env_kwargs=env_kwargs,

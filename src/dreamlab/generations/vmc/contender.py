@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from dreamlab.data.store import EpisodeStore
 from dreamlab.eval.contender import CompareContext, Contender, num_params
@@ -21,7 +22,7 @@ from dreamlab.generations.vmc.controller import stage_controller
 from dreamlab.generations.vmc.run import Run
 from dreamlab.generations.vmc.stages import stage_encode, stage_mdnrnn, stage_vae
 from dreamlab.generations.vmc.worldmodel import start_latents_from_store
-from dreamlab.rundir import RunError, timings
+from dreamlab.rundir import RunError, store_action_space, timings
 from dreamlab.train.fit import TrainConfig
 
 __all__ = ["build_vmc", "scaled_run_config"]
@@ -68,6 +69,9 @@ class _SharedDataRun(Run):
 
     def data(self) -> EpisodeStore:
         return self._data
+
+    def action_space(self) -> Any:
+        return store_action_space(self._data)
 
 
 def build_vmc(ctx: CompareContext) -> Contender:

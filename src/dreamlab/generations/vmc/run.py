@@ -40,7 +40,7 @@ from dreamlab.rundir import (
     CONFIG_FILE,
     RunError,
     read_run_config,
-    store_action_space,
+    run_action_space,
     write_run_config,
 )
 
@@ -172,16 +172,8 @@ class Run:
         """The env's action space, as the episode store recorded it. Only a run with no
         episodes yet makes the env (a VizDoom or Box2D process for some presets) to ask it."""
         if self._action_space is None:
-            try:
-                store = self.data()
-            except RunError:
-                env = self.make_env()
-                try:
-                    self._action_space = env.action_space
-                finally:
-                    env.close()
-            else:
-                self._action_space = store_action_space(store)
+            cfg = self.config
+            self._action_space = run_action_space(self.path, cfg.env, cfg.env_kwargs)
         return self._action_space
 
     def make_env(self) -> Any:
