@@ -190,3 +190,61 @@ def test_ray_collection_equals_local(tmp_path: Path) -> None:
     summary = collect(config(tmp_path / "ray", episodes=3, workers=2, ray=True))
     assert summary.new_episodes == 3
     assert_same_data(tmp_path / "local", tmp_path / "ray")
+
+
+CHILD_ENV = '''
+import subprocess
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+
+class ChildEnv(gym.Env):
+    """An env that runs a process of its own, as VizDoom runs its game, and stops it on close."""
+
+    observation_space = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, pids: str = "") -> None:
+        self.child = subprocess.Popen(["sleep", "600"])
+        Path(pids, f"{self.child.pid}").touch()
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros((16, 16, 3), np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros((16, 16, 3), np.uint8), 1.0, self.t >= 5, False, {}
+
+    def close(self):
+        self.child.kill()
+        self.child.wait()
+'''
+
+
+def test_pool_workers_close_their_envs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled collection closes every worker's env: a process the env runs (VizDoom's game)
+    must not outlive the collection and keep a core busy."""
+    (tmp_path / "child_env.py").write_text(CHILD_ENV)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    collect(
+        CollectConfig(
+            env="child_env:ChildEnv",
+            env_kwargs={"pids": str(pids)},
+            out=tmp_path / "data",
+            episodes=4,
+            workers=2,
+            progress=False,
+        )
+    )
+    started = [int(p.name) for p in pids.iterdir()]
+    assert len(started) >= 2  # one per worker (and one the parent makes to read the spec)
+    time.sleep(0.5)
+    alive = [pid for pid in started if Path(f"/proc/{pid}").exists()]
+    assert not alive, f"env processes {alive} outlived the collection"

@@ -15,6 +15,7 @@ the Ray nodes share.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import multiprocessing as mp
@@ -206,7 +207,17 @@ def _init_worker(job: _Job, parent: int) -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # killed while this worker was starting
         os._exit(1)
+    # Close the env when the pool ends this worker: an env may run its own process (VizDoom's
+    # game), which would otherwise outlive the worker and keep a core busy
+    atexit.register(_close_worker_env)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _worker_env(job)
+
+
+def _close_worker_env() -> None:
+    env = _WORKER.pop("env", None)
+    if env is not None:
+        env.close()
 
 
 def _play_for_ray(job: _Job, index: int) -> tuple[int, dict[str, np.ndarray]]:
@@ -229,6 +240,8 @@ def _run_pool(job: _Job, indices: list[int], workers: int) -> Iterator[EpisodeSt
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(job, os.getpid())) as pool:
         yield from pool.imap_unordered(functools.partial(_play_and_store, job), indices)
+        pool.close()  # workers leave their loop and close their envs (terminate skips that)
+        pool.join()
 
 
 def _run_ray(
