@@ -138,6 +138,34 @@ def test_cover_ends_sees_the_terminal_step_often(tmp_path: Path) -> None:
     assert terminal_rate(True) > 0.07
 
 
+def test_pad_short_keeps_short_episodes_whole_and_masked(store: EpisodeStore) -> None:
+    """Episodes [10, 3, 25, 7, 1] with seq_len 8: the 3-, 7- and 1-step episodes are windows
+    from their first step, zero-padded, their padding masked; rows never cross an episode."""
+    sampler = SequenceSampler(
+        store, 8, 600, seed=0, keys=["obs", "reward", "terminated"], cover_ends=True, pad_short=True
+    )
+    batch = sampler.sample()
+    assert batch["mask"].shape == (600, 8) and batch["mask"].dtype == np.float32
+    seen = set()
+    for b in range(600):
+        n = int(batch["mask"][b].sum())
+        assert np.all(batch["mask"][b, :n] == 1) and np.all(batch["mask"][b, n:] == 0)
+        ep = int(batch["reward"][b, 0]) // 1000
+        start = int(batch["reward"][b, 0]) % 1000
+        length = [10, 3, 25, 7, 1][ep]
+        assert n == min(length, 8)
+        if length < 8:
+            assert start == 0 and bool(batch["terminated"][b, n - 1])  # the whole episode
+            assert not batch["terminated"][b, n:].any() and np.all(batch["reward"][b, n:] == 0)
+        np.testing.assert_array_equal(batch["reward"][b, :n], ep * 1000 + start + np.arange(n))
+        np.testing.assert_array_equal(batch["obs"][b, : n + 1, 0, 0, 0], ep)
+        np.testing.assert_array_equal(batch["obs"][b, n + 1 :], 0)
+        seen.add(ep)
+    assert seen == {0, 1, 2, 3, 4}  # no episode is dropped
+    with pytest.raises(StoreError, match="no episode has seq_len=26"):
+        SequenceSampler(store, seq_len=26, batch_size=4)  # without pad_short they are
+
+
 def test_sequence_sampler_seeded_and_keys(store: EpisodeStore) -> None:
     a = SequenceSampler(store, 4, 8, seed=5, keys=["obs", "action"]).sample()
     b = SequenceSampler(store, 4, 8, seed=5, keys=["obs", "action"]).sample()

@@ -100,7 +100,8 @@ class FrameSampler:
 
 
 class SequenceSampler:
-    """Random fixed-length windows of ``seq_len`` steps from episodes at least that long.
+    """Random fixed-length windows of ``seq_len`` steps from episodes at least that long (or, with
+    ``pad_short``, from every episode: a shorter one is the whole episode, padded and masked).
 
     A batch is a dict: per_obs arrays ``(B, seq_len + 1, ...)`` (observations before and after
     every step of the window), per_step arrays ``(B, seq_len, ...)``. Windows are drawn uniformly
@@ -116,6 +117,7 @@ class SequenceSampler:
         seed: int = 0,
         keys: Sequence[str] | None = None,
         cover_ends: bool = False,
+        pad_short: bool = False,
     ) -> None:
         """Index the episodes long enough for a window.
 
@@ -129,6 +131,11 @@ class SequenceSampler:
                 uniform start step. Uniform starts see an episode's last step in one window out
                 of ``seq_len`` where a middle step is in ``seq_len``; the last step is where
                 ``terminated`` happens, so a termination head would barely see positives.
+            pad_short: an episode shorter than ``seq_len`` gives one window, the whole episode
+                from its first step, padded with zeros; batches then carry ``mask`` ``(B,
+                seq_len)`` float32, 1 on real steps. So ``seq_len`` can cover whole episodes
+                (M sees deaths with the memory of everything before them) without dropping the
+                short ones, whose deaths are the early ones.
 
         Raises:
             StoreError: if no episode has ``seq_len`` steps, or a key is not in the schema.
@@ -141,7 +148,7 @@ class SequenceSampler:
         if unknown:
             raise StoreError(f"{store.path}: no arrays {unknown} in the schema ({sorted(schema)})")
         lengths = store.lengths  # (E,)
-        eligible = lengths >= seq_len
+        eligible = (lengths >= 1) if pad_short else (lengths >= seq_len)
         if not eligible.any():
             longest = int(lengths.max()) if len(lengths) else 0
             raise StoreError(
@@ -152,7 +159,8 @@ class SequenceSampler:
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.episode_indices = np.asarray(store.indices, dtype=np.int64)[eligible]  # (E',)
-        windows = lengths[eligible] - seq_len + 1  # (E',) valid start steps per episode
+        windows = np.maximum(lengths[eligible] - seq_len + 1, 1)  # (E',) valid start steps
+        self.pad_short = pad_short
         self.offsets = np.concatenate([[0], np.cumsum(windows)]).astype(np.int64)  # (E'+1,)
         self.num_windows = int(self.offsets[-1])
         self.num_skipped = int((~eligible).sum())
@@ -183,7 +191,8 @@ class SequenceSampler:
         pos = np.searchsorted(self.step_offsets, step, side="right") - 1  # (B,) episode
         t = step - self.step_offsets[pos]  # (B,) step within the episode
         back = rng.integers(0, self.seq_len, size=size)  # (B,) place of t in the window
-        start = np.clip(t - back, 0, self.eligible_lengths[pos] - self.seq_len)  # (B,)
+        last = np.maximum(self.eligible_lengths[pos] - self.seq_len, 0)  # (B,) last start
+        start = np.clip(t - back, 0, last)  # (B,)
         return self.offsets[pos] + start
 
     def gather(self, window_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -200,10 +209,17 @@ class SequenceSampler:
             )  # (B, T(+1), ...)
         pos = np.searchsorted(self.offsets, window_ids, side="right") - 1  # (B,)
         starts = window_ids - self.offsets[pos]  # (B,) first step of each window
+        steps = np.minimum(self.eligible_lengths[pos], self.seq_len)  # (B,) real steps
+        if self.pad_short:
+            for arr in out.values():
+                arr[:] = 0  # padding rows (masked out)
         for slots in _group_by_episode(pos) if batch_size else []:
             with self.store.reader(int(self.episode_indices[pos[slots[0]]])) as r:
                 for b in slots.tolist():
-                    s = int(starts[b])
+                    s, n = int(starts[b]), int(steps[b])
                     for k, arr in out.items():
-                        r.read_span(k, s, s + arr.shape[1], out=arr[b])
+                        rows = n + arr.shape[1] - self.seq_len  # n (+1 for per_obs arrays)
+                        r.read_span(k, s, s + rows, out=arr[b, :rows])
+        if self.pad_short:
+            out["mask"] = (np.arange(self.seq_len)[None] < steps[:, None]).astype(np.float32)
         return out

@@ -60,6 +60,7 @@ def sequence_batches(
     seed: int = 0,
     keys: tuple[str, ...] = ("mu", "logvar", "action", "reward", "terminated"),
     cover_ends: bool = True,
+    pad_short: bool = False,
 ) -> Callable[[int], Iterator[Batch]]:
     """Resumable batch source for the MDN-RNN: random windows of ``seq_len`` steps.
 
@@ -69,6 +70,9 @@ def sequence_batches(
     ``cover_ends`` draws windows around uniformly drawn steps so that episode ends (where
     ``terminated`` is true) are seen about as often as other steps (see
     :class:`~dreamlab.data.sampling.SequenceSampler`).
+
+    ``pad_short`` keeps episodes shorter than ``seq_len`` as whole, zero-padded windows with a
+    ``mask`` (see :class:`~dreamlab.data.sampling.SequenceSampler`).
 
     Several stores (e.g. random play and the agent's own play) are sampled as one: each window
     comes from a store with probability proportional to the steps it holds.
@@ -80,7 +84,9 @@ def sequence_batches(
     if not stores:
         raise ValueError("sequence_batches: no stores given")
     samplers = [
-        SequenceSampler(s, seq_len, batch_size, seed=seed, keys=keys, cover_ends=cover_ends)
+        SequenceSampler(
+            s, seq_len, batch_size, seed=seed, keys=keys, cover_ends=cover_ends, pad_short=pad_short
+        )
         for s in stores
     ]
     weights = np.array([s.eligible_steps for s in samplers], np.float64)
