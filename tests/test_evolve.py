@@ -88,6 +88,29 @@ def test_dream_evaluator_scores_known_controllers_and_uses_common_starts() -> No
     assert len(set(twins[0].tolist())) > 1  # but the rollouts differ from each other
 
 
+def test_dream_evaluator_compaction_drops_finished_dreams_and_keeps_returns() -> None:
+    """Dropping finished dreams from the batch changes no return (without dream noise every
+    draw is the same) and steps fewer dreams."""
+    params = np.random.default_rng(0).normal(scale=3.0, size=(12, 3))
+    params[:6, 2] = np.linspace(-2.0, 2.0, 6)  # biases: some run off the track at once
+    evaluators = [
+        DreamEvaluator(
+            ToyWorld(),
+            toy_start_bank(64),
+            Controller(TOY_CFG),
+            temperature=0.0,
+            max_episode_steps=60,
+            compact=compact,
+        )
+        for compact in (False, True)
+    ]
+    plain, compact = (ev.evaluate(params, 8, seed=2) for ev in evaluators)
+    np.testing.assert_allclose(compact, plain, rtol=1e-6, atol=1e-6)
+    assert evaluators[1].total_env_steps < 0.8 * evaluators[0].total_env_steps
+    # and the env is whole again for the next call
+    np.testing.assert_allclose(evaluators[1].evaluate(params, 8, seed=2), plain, atol=1e-6)
+
+
 def test_dream_evaluator_chunks_large_populations_consistently() -> None:
     params = np.random.default_rng(0).normal(size=(6, 3))
     whole = toy_evaluator().evaluate(params, 4, seed=1)

@@ -90,6 +90,7 @@ class DreamVecEnv(VectorEnv):
         self.num_bank = check_start_latents(start_latents)
         self.start_latents = {k: v.to(self.device) for k, v in start_latents.items()}
         self.num_envs = num_envs
+        self._num_envs_made = num_envs
         self.temperature = float(temperature)
         self.max_episode_steps = int(max_episode_steps)
         self.autoreset = autoreset
@@ -130,6 +131,9 @@ class DreamVecEnv(VectorEnv):
             self.generator = torch.Generator(device=self.device).manual_seed(
                 _seed_from(self.np_random)
             )
+        if self.num_envs != self._num_envs_made:  # dreams were dropped (keep_dreams)
+            self.num_envs = self._num_envs_made
+            self.elapsed_steps = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         if start_indices is not None:
             idx = torch.as_tensor(start_indices, dtype=torch.long, device=self.device)
             if (
@@ -147,6 +151,18 @@ class DreamVecEnv(VectorEnv):
         self.state = self.world_model.start_state(rows, generator=self.generator)
         self.elapsed_steps.zero_()
         return self.world_model.features(self.state)  # (N, F)
+
+    def keep_dreams(self, rows: torch.Tensor) -> None:
+        """Drop every dream but ``rows`` ``(M,)`` (indices into the current batch): later
+        :meth:`step_tensor` calls step those M dreams, in that order, with their memory and step
+        counts, so finished dreams cost nothing; the next reset restores all ``num_envs``.
+        Tensor API only (the numpy ``step`` expects the full batch)."""
+        if self.state is None:
+            raise RuntimeError("DreamVecEnv.keep_dreams called before reset()")
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        self.state = {k: v[rows] for k, v in self.state.items()}
+        self.elapsed_steps = self.elapsed_steps[rows]
+        self.num_envs = int(rows.numel())
 
     @torch.inference_mode()
     def step_tensor(

@@ -92,6 +92,9 @@ class EvolveConfig:
     """generations each restart runs before the best one is chosen (restarts > 1 only)"""
     max_episode_steps: int = 1000
     """episode length limit (dream length for the 'dream' backend)"""
+    compact_dreams: bool = False
+    """drop finished dreams from the batch as they end ('dream' backend): for dreams whose
+    lengths differ widely (Doom: a few hundred steps to 2,100), steps only the live ones"""
     real_eval_every: int = 0
     """every N generations also score the generation's best candidate in the real env (0 = never)"""
     real_eval_episodes: int = 16
@@ -450,6 +453,7 @@ def make_evaluator(
             controller,
             temperature=cfg.temperature,
             max_episode_steps=cfg.max_episode_steps,
+            compact=cfg.compact_dreams,
         )
     if rollout is None:
         raise ValueError(f"backend {cfg.backend!r} needs a rollout function (e.g. EnvRollout)")
