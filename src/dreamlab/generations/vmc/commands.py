@@ -184,7 +184,10 @@ def train_controller(args: TrainControllerArgs) -> Any:
         workers=args.workers,
         backend=backend,
     )
-    run.save_config()
+    if args.name is None:
+        run.save_config()  # the run's own C: its settings are the run's from now on
+    # a named C (e.g. the temperature table's controller_tau0.1) leaves the run's settings as
+    # they are: its overrides are given again to resume it
     return stage_controller(
         run,
         "z" if args.vonly else "zh",
