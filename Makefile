@@ -5,14 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN ?= runs/demo
 
-.PHONY: setup browser demo test test-slow lint bench clean
+.PHONY: setup browser demo doom test test-slow lint bench clean
 
 # torch is pinned here (not in pyproject) because a CPU wheel of 2.13.0 lies on this machine's
 # disk; an unpinned torch would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,ray,dev]'
+	$(PY) -m pip install --quiet -e '.[test,ray,dev,doom]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -23,6 +23,11 @@ browser:
 
 demo: setup
 	$(VENV)/bin/dreamlab pipeline --preset catch --run $(RUN)
+
+# The paper's DoomTakeCover experiment sized for a 2-core CPU (BENCHMARKS.md, "DoomTakeCover")
+DOOM_RUN ?= runs/doom
+doom: setup
+	$(VENV)/bin/dreamlab pipeline --preset doom-takecover --run $(DOOM_RUN)
 
 test: setup browser
 	$(PY) -m pytest -q

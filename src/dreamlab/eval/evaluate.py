@@ -57,6 +57,7 @@ class EvalResult:
             "min_return": float(returns.min()),
             "max_return": float(returns.max()),
             "mean_length": float(np.mean(self.lengths)),
+            "lengths": [int(n) for n in self.lengths],
             "seconds": round(self.seconds, 3),
         }
         balls = int(np.sum(self.caught) + np.sum(self.missed))

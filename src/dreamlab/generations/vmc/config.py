@@ -9,8 +9,10 @@ catch-debug            seconds, plumbing only (tests)
 catch-test             32x32 Catch with small V and M: the whole pipeline in about a minute
 carracing              the paper's CarRacing settings
 carracing-small        a few hundred episodes, a short CMA-ES
-doom-takecover         the paper's VizDoom take-cover settings
-doom-takecover-small   the same, smaller
+doom-takecover         the paper's VizDoom take-cover experiment sized for a 2-core CPU
+doom-takecover-small   the same, smaller (a first look in ~15 minutes)
+doom-takecover-paper   the paper's sizes (10,000 rollouts, M 512): for a GPU or Ray
+doom-takecover-debug   seconds per stage, plumbing only (the slow test)
 =====================  ======================================================================
 """
 
@@ -43,6 +45,7 @@ STAGES = (
     "controller_vonly",
     "evaluate",
     "dream",
+    "checks",
     "report",
 )
 """the pipeline's stages, in order (``dreamlab pipeline --until STAGE`` stops after one)"""
@@ -76,6 +79,11 @@ class RunConfig:
     """M's training loop"""
     seq_len: int = 32
     """steps per training sub-sequence of M"""
+    seq_pad: bool = False
+    """M also trains on episodes shorter than ``seq_len``: each is one window from its first
+    step, zero-padded and masked out of the loss. With a ``seq_len`` longer than most episodes
+    M learns every death with the memory of the whole episode before it, as it runs in a dream
+    that starts at an episode's first frame"""
     controller_hidden: int = 0
     """0 = the paper's linear C; >0 = one hidden layer (the paper's ablation)"""
     controller_mapping: Literal["auto", "carracing"] = "auto"
@@ -122,6 +130,13 @@ class RunConfig:
     controller's settings); on Catch its dream score stops rising within 50 generations"""
     eval_episodes: int = 100
     """real-env episodes per agent in the evaluate stage"""
+    dream_checks: bool = False
+    """the ``checks`` stage: measure the known ways a C trained in the dream fails in reality
+    (M's death recall on held-out episodes, reward/done alignment, temperature, dream starts,
+    episode boundaries, survival in the dream vs reality) into ``checks.json`` and
+    ``survival.png`` (:mod:`~dreamlab.generations.vmc.dream_checks`)"""
+    check_episodes: int = 100
+    """held-out random episodes (and as many training ones) for those checks"""
     dream_horizon: int = 30
     """open-loop steps in the dream-vs-reality video"""
     dream_context: int = 2
@@ -342,52 +357,119 @@ def _carracing_small() -> RunConfig:
 
 
 def _doom() -> RunConfig:
+    """The paper's Doom experiment sized for a 2-core CPU (BENCHMARKS.md, "DoomTakeCover"): fewer
+    random episodes, a 256-unit M, a shorter CMA-ES; the paper's sizes are ``doom-takecover-paper``."""
     return RunConfig(
         preset="doom-takecover",
         env="doom-takecover",
-        collect_episodes=10_000,
-        collect_policy="random",
+        # 3,000 episodes (~650k frames, 5 minutes with both cores): 3,000 deaths for M. The
+        # random actions are sticky (each repeats the last with probability 0.8): from white-
+        # noise actions, which jitter in place, M never sees what holding a direction does, and
+        # in its dream "always move right" survived 1,571 steps (random: 194) while it survives
+        # ~230 in reality (BENCHMARKS.md, "DoomTakeCover")
+        collect_episodes=3000,
+        collect_policy="brownian",
         vae=VAEConfig(z_dim=64),
-        vae_train=TrainConfig(epochs=10, batch_size=100, lr=1e-4, checkpoint_every=2000),
-        mdnrnn=MDNRNNConfig(hidden_size=512),
-        mdnrnn_train=TrainConfig(epochs=20, batch_size=100, lr=1e-3, checkpoint_every=2000),
-        seq_len=500,
+        vae_train=TrainConfig(
+            steps=2000, batch_size=100, lr=1e-3, log_every=50, checkpoint_every=250
+        ),
+        mdnrnn=MDNRNNConfig(hidden_size=256, termination_pos_weight=1.0),
+        mdnrnn_train=TrainConfig(
+            steps=3000, batch_size=32, lr=1e-3, log_every=50, checkpoint_every=250
+        ),
+        # Windows of 300 steps from an episode's first step hold 90% of random episodes whole
+        # (padded and masked), so M learns each death with the memory of the whole episode, as
+        # it runs in a dream begun at an episode's first frame
+        seq_len=300,
+        seq_pad=True,
+        controller_normalize=True,
         evolve=EvolveConfig(
-            generations=2000,
-            population_size=64,
-            rollouts_per_candidate=16,
+            generations=150,
+            population_size=32,
+            rollouts_per_candidate=8,
+            sigma0=0.5,
             eval_every=25,
-            eval_rollouts=1024,
+            eval_rollouts=512,
             temperature=1.15,
             max_episode_steps=2100,
-            real_eval_every=25,
-            real_eval_episodes=64,
+            # most dreams die within a few hundred steps, a few live to 2,100: step only the
+            # live ones
+            compact_dreams=True,
+            # the generation's best candidate in 16 real episodes every 50 generations: a
+            # curve of reality beside the dream's (up to a minute each; C never sees it)
+            real_eval_every=50,
+            real_eval_episodes=16,
         ),
+        # a death is drawn from M's probability each step (the paper's Doom dream); M is trained
+        # unweighted, so that probability is calibrated
         dream_termination="sample",
+        dream_precision="auto",
         vonly_ablation=False,
         eval_episodes=100,
+        iterations=0,
+        dream_checks=True,
     )
+
+
+def _doom_paper() -> RunConfig:
+    """The paper's sizes (10,000 random rollouts, z 64, M 512, CMA-ES 64 x 16 in a 2,100-step
+    dream at tau 1.15): for a GPU (the dream runs batched on it) or Ray (``collect --ray``)."""
+    cfg = _doom()
+    cfg.preset = "doom-takecover-paper"
+    cfg.collect_episodes = 10_000
+    cfg.vae_train = TrainConfig(epochs=10, batch_size=100, lr=1e-4, checkpoint_every=2000)
+    cfg.mdnrnn = MDNRNNConfig(hidden_size=512, termination_pos_weight=1.0)
+    cfg.mdnrnn_train = TrainConfig(epochs=20, batch_size=100, lr=1e-3, checkpoint_every=2000)
+    cfg.seq_len = 500
+    cfg.controller_normalize = False
+    cfg.evolve = dataclasses.replace(
+        cfg.evolve,
+        generations=2000,
+        population_size=64,
+        rollouts_per_candidate=16,
+        sigma0=0.1,
+        eval_rollouts=1024,
+        real_eval_episodes=64,
+        real_eval_backend="processes",
+    )
+    return cfg
 
 
 def _doom_small() -> RunConfig:
     cfg = _doom()
     cfg.preset = "doom-takecover-small"
     cfg.collect_episodes = 400
-    cfg.vae_train = TrainConfig(epochs=2, batch_size=100, lr=1e-3, checkpoint_every=500)
-    cfg.mdnrnn = MDNRNNConfig(hidden_size=256)
-    cfg.mdnrnn_train = TrainConfig(epochs=10, batch_size=32, lr=1e-3, checkpoint_every=500)
-    cfg.seq_len = 64
+    cfg.vae_train = TrainConfig(steps=800, batch_size=100, lr=1e-3, checkpoint_every=200)
+    cfg.mdnrnn_train = TrainConfig(steps=800, batch_size=32, lr=1e-3, checkpoint_every=200)
+    cfg.evolve = dataclasses.replace(cfg.evolve, generations=40, eval_rollouts=256)
+    return cfg
+
+
+def _doom_debug() -> RunConfig:
+    """Seconds of every Doom stage: plumbing only (the slow test)."""
+    quiet = {"progress": False, "tensorboard": False, "log_every": 10, "checkpoint_every": 20}
+    cfg = _doom()
+    cfg.preset = "doom-takecover-debug"
+    cfg.collect_episodes = 6
+    cfg.vae = VAEConfig(z_dim=16)
+    cfg.vae_train = TrainConfig(steps=20, batch_size=16, lr=1e-3, **quiet)
+    cfg.mdnrnn = MDNRNNConfig(hidden_size=32, termination_pos_weight=1.0)
+    cfg.mdnrnn_train = TrainConfig(steps=20, batch_size=4, lr=1e-3, **quiet)
+    cfg.seq_len = 200
     cfg.evolve = dataclasses.replace(
         cfg.evolve,
-        generations=100,
-        population_size=32,
-        rollouts_per_candidate=8,
-        eval_every=25,
-        eval_rollouts=256,
-        real_eval_every=25,
-        real_eval_episodes=16,
+        generations=2,
+        population_size=4,
+        rollouts_per_candidate=2,
+        eval_every=0,
+        max_episode_steps=300,
+        real_eval_every=0,
+        progress=False,
+        tensorboard=False,
     )
-    cfg.eval_episodes = 100
+    cfg.eval_episodes = 3
+    cfg.check_episodes = 3
+    cfg.dream_horizon = 10
     return cfg
 
 
@@ -399,6 +481,8 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "carracing-small": _carracing_small,
     "doom-takecover": _doom,
     "doom-takecover-small": _doom_small,
+    "doom-takecover-paper": _doom_paper,
+    "doom-takecover-debug": _doom_debug,
 }
 """preset name -> a function making a fresh :class:`RunConfig`"""
 

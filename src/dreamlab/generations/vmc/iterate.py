@@ -111,7 +111,11 @@ def stage_finetune_mdnrnn(run: Run, round_: int) -> Any:
     stores = run.round_latents(round_)
     model = run.mdnrnn(round_ - 1)
     batches = sequence_batches(
-        stores, cfg.seq_len, cfg.mdnrnn_train.batch_size, seed=cfg.seed + round_
+        stores,
+        cfg.seq_len,
+        cfg.mdnrnn_train.batch_size,
+        seed=cfg.seed + round_,
+        pad_short=cfg.seq_pad,
     )
     tcfg = dataclasses.replace(cfg.mdnrnn_train, epochs=cfg.iterate_epochs, steps=None)
     total = tcfg.resolve_steps(sum(max(1, s.num_steps // cfg.seq_len) for s in stores))

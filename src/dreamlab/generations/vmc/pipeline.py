@@ -1,7 +1,7 @@
 """``dreamlab pipeline`` on a V/M/C run: every stage in order, in one run directory.
 
 collect -> V -> encode -> M -> C in the dream -> the iterative procedure's rounds -> the V-only
-ablation -> evaluate -> dream vs reality -> report. Every stage is resumable and idempotent: run
+ablation -> evaluate -> dream vs reality -> the dream's checks -> report. Every stage is resumable and idempotent: run
 it again and it continues where it stopped (or returns at once when it is done), so the pipeline
 simply runs each stage in order. The run directory's layout is :mod:`dreamlab.generations.vmc.run`'s.
 """
@@ -16,6 +16,7 @@ from typing import Any
 from dreamlab.generations.args import PipelineConfig
 from dreamlab.generations.vmc.config import STAGES
 from dreamlab.generations.vmc.controller import stage_controller, vonly_evolve
+from dreamlab.generations.vmc.dream_checks import stage_checks
 from dreamlab.generations.vmc.evaluate import stage_dream, stage_evaluate
 from dreamlab.generations.vmc.generic import generic_config, prepare_data
 from dreamlab.generations.vmc.iterate import stage_first_controller, stage_iterate
@@ -125,6 +126,7 @@ def run_pipeline(cfg: PipelineConfig) -> Run:
         ),
         "evaluate": lambda: stage_evaluate(run, progress=cfg.progress),
         "dream": lambda: stage_dream(run),
+        "checks": lambda: stage_checks(run, cfg.progress),
         "report": lambda: write_report(run),
     }
     assert tuple(steps) == STAGES

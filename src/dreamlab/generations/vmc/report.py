@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dreamlab.generations.vmc.dream_checks import checks_markdown
 from dreamlab.io import atomic_path, atomic_write_text, read_json, read_jsonl
 from dreamlab.rundir import timings as run_timings
 
@@ -193,6 +194,8 @@ def write_report(run: Any) -> Path:
                 "| median latent MSE | " + " | ".join(f"{lz[k]:.3f}" for k in marks) + " |"
             )
         lines += ["", "![prediction error](prediction_error.png)", ""]
+    evolve = getattr(cfg, "evolve", None)
+    lines += checks_markdown(root, evolve.temperature if evolve is not None else 1.0)
     timings = run_timings(root)
     if timings:
         total = sum(timings.values())

@@ -100,7 +100,9 @@ def stage_mdnrnn(run: Run) -> Any:
     mcfg = dataclasses.replace(cfg.mdnrnn, z_dim=vae_cfg.z_dim, action_dim=action_dim)
     torch.manual_seed(cfg.seed)
     model = MDNRNN(mcfg)
-    batches = sequence_batches(latents, cfg.seq_len, cfg.mdnrnn_train.batch_size, seed=cfg.seed)
+    batches = sequence_batches(
+        latents, cfg.seq_len, cfg.mdnrnn_train.batch_size, seed=cfg.seed, pad_short=cfg.seq_pad
+    )
     # One epoch = as many sequences as it takes to see every step once.
     total = cfg.mdnrnn_train.resolve_steps(max(1, latents.num_steps // cfg.seq_len))
 

@@ -1,0 +1,75 @@
+"""The dream's checks (``dreamlab.generations.vmc.dream_checks``): each measurement tells a good
+dream from a bad one, and the ``checks`` stage writes them on a real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dreamlab.generations.args import PipelineConfig
+from dreamlab.generations.vmc.dream_checks import death_metrics, survival_curve
+from dreamlab.generations.vmc.pipeline import run_pipeline
+from dreamlab.generations.vmc.run import Run
+
+
+def test_death_metrics_tell_a_sharp_m_from_a_flat_one_and_a_kind_one() -> None:
+    lengths = [50, 80, 120, 200]
+    sharp = [np.r_[np.zeros(n - 1), 1.0] for n in lengths]  # dies exactly where reality did
+    flat = [np.full(n, 1.0 / n) for n in lengths]  # a clock: right on average, blind to state
+    kind = [np.zeros(n) for n in lengths]  # never kills
+    s, f, k = death_metrics(sharp), death_metrics(flat), death_metrics(kind)
+    assert s["recall_at_half"] == 1.0 and s["peak_at_death"] == 1.0
+    assert s["expected_deaths"] == pytest.approx(1.0) and s["sampled_over_real"] == 1.0
+    assert s["p_last_steps"] == [1.0, 0.0, 0.0]
+    assert f["recall_at_half"] == 0.0 and f["expected_deaths"] == pytest.approx(1.0)
+    assert 0.5 < f["sampled_over_real"] < 0.9  # a clock kills early half the time
+    assert k["expected_deaths"] == 0.0 and k["sampled_over_real"] > 1.0  # the dream is too kind
+
+
+def test_survival_curve() -> None:
+    curve = survival_curve(np.array([1, 3, 3, 10]), 4)
+    np.testing.assert_allclose(curve, [1.0, 0.75, 0.75, 0.25, 0.25])
+
+
+@pytest.fixture(scope="module")
+def checked_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("runs") / "checked"
+    run = Run.open_or_create(path, "catch-debug")
+    run.config.iterations = 0
+    run.config.vonly_ablation = False
+    run.config.dream_checks = True
+    run.config.check_episodes = 8
+    run.config.dream_starts = "first"  # as the Doom presets: where real episodes start
+    run.save_config()
+    run_pipeline(PipelineConfig(run=path, progress=False))
+    return path
+
+
+def test_checks_stage_measures_every_pitfall(checked_run: Path) -> None:
+    c = json.loads((checked_run / "checks.json").read_text())
+    assert (checked_run / "survival.png").stat().st_size > 0
+    assert (checked_run / "heldout" / "latents" / "store.json").exists()
+    for which in ("heldout", "train"):
+        m = c["termination"][which]
+        assert m["episodes"] == 8 and 0.0 <= m["p_at_death_mean"] <= 1.0
+    a = c["alignment"]
+    assert a["terminated_on_last_step"] == a["episodes"] == 20
+    assert a["terminated_before_last_step"] == 0
+    b = c["boundaries"]
+    assert b["fake_transitions"] == 0 and b["windows"] > 0 and b["deaths_in_windows"] > 0
+    s = c["starts"]
+    assert s["bank_rows"] == s["episodes"] == 20  # dreams start at real episodes' first frames
+    assert s["dream_start_memory_max_abs"] == s["agent_start_memory_max_abs"] == 0.0
+    for tau, t in c["temperature"]["taus"].items():
+        assert t["spread"] == pytest.approx(float(tau) ** 0.5, rel=0.05)
+        assert t["mixture_tv"] < t["noise_tv"] + 0.02
+    surv = c["survival"]
+    assert set(surv) == {"C", "random"} and set(surv["C"]) == {"dream", "real"}
+    assert surv["C"]["dream"]["episodes"] == 200
+    report = (checked_run / "report.md").read_text()
+    assert "## Checks of the dream" in report and "survival.png" in report
+    ev = json.loads((checked_run / "eval.json").read_text())
+    assert len(ev["agents"]["controller"]["lengths"]) == ev["agents"]["controller"]["episodes"]
