@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 
 from dreamlab.generations.args import PipelineConfig
+from dreamlab.generations.vmc.checks_report import temperature_rows
 from dreamlab.generations.vmc.controller import stage_controller
-from dreamlab.generations.vmc.dream_checks import temperature_rows
 from dreamlab.generations.vmc.evaluate import stage_evaluate
 from dreamlab.generations.vmc.pipeline import run_pipeline
 from dreamlab.generations.vmc.report import write_report

@@ -62,7 +62,8 @@ class EvaluateArgs:
     """episodes per agent"""
     agent: list[str] = field(default_factory=lambda: ["controller"])
     """agents to score: controller (the run's trained agent, any generation), random, expert; V/M/C
-    runs also controller_vonly, bc, bc_latent, planner"""
+    runs also brownian (sticky random actions), controller_vonly, controller_roundR, any C
+    trained with train-controller --name NAME, bc, bc_latent, planner"""
     planner: Annotated[PlannerConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=PlannerConfig
     )

@@ -13,6 +13,7 @@ module             what it holds
 ``iterate``        the paper's iterative procedure (C plays, M is fine-tuned, C again)
 ``evaluate``       agents in the real env, dream videos; the evaluate/dream/report commands
 ``dream_checks``   the ``checks`` stage: how the dream could mislead C, measured
+``checks_report``  the report's pages on those checks and on the temperature table
 ``pipeline``       every stage in order (``dreamlab pipeline``)
 ``commands``       train-vae, encode, train-mdnrnn, train-controller
 ``uncertainty``    futures, an ensemble of M, pessimism (``ensemble``, ``train_ensemble``,

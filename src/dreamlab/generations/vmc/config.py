@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
+
 from dreamlab.checkpoint import config_from_dict
 from dreamlab.models.mdnrnn import MDNRNNConfig
 from dreamlab.models.vae import VAEConfig
@@ -120,6 +122,9 @@ class RunConfig:
     it, and on a CPU whichever of the two steps the dream faster there (measured at the start
     of each CMA-ES run; 1.6x faster on one CPU, 1.5x slower on another). C acts in reality
     with a float32 M either way"""
+    dream_device: str = "cpu"
+    """torch device of C's training dreams ("cuda" on a GPU: the whole population's dreams run
+    there as one batch)"""
     dream_termination: Literal["threshold", "sample"] = "threshold"
     """dream episodes end when M's termination probability > 0.5, or by sampling it (the
     paper's Doom dream: deaths are rare, so a threshold would almost never end a dream)"""
@@ -136,7 +141,7 @@ class RunConfig:
     episode boundaries, survival in the dream vs reality) into ``checks.json`` and
     ``survival.png`` (:mod:`~dreamlab.generations.vmc.dream_checks`)"""
     check_episodes: int = 100
-    """held-out random episodes (and as many training ones) for those checks"""
+    """held-out episodes (and as many training ones) for those checks"""
     dream_horizon: int = 30
     """open-loop steps in the dream-vs-reality video"""
     dream_context: int = 2
@@ -358,7 +363,7 @@ def _carracing_small() -> RunConfig:
 
 def _doom() -> RunConfig:
     """The paper's Doom experiment sized for a 2-core CPU (BENCHMARKS.md, "DoomTakeCover"): fewer
-    random episodes, a 256-unit M, a shorter CMA-ES; the paper's sizes are ``doom-takecover-paper``."""
+    episodes, a 256-unit M, a shorter CMA-ES; the paper's sizes are ``doom-takecover-paper``."""
     return RunConfig(
         preset="doom-takecover",
         env="doom-takecover",
@@ -375,9 +380,9 @@ def _doom() -> RunConfig:
         ),
         mdnrnn=MDNRNNConfig(hidden_size=256, termination_pos_weight=1.0),
         mdnrnn_train=TrainConfig(
-            steps=3000, batch_size=32, lr=1e-3, log_every=50, checkpoint_every=250
+            steps=2400, batch_size=32, lr=1e-3, log_every=50, checkpoint_every=250
         ),
-        # Windows of 300 steps from an episode's first step hold 90% of random episodes whole
+        # Windows of 300 steps from an episode's first step hold ~90% of the episodes whole
         # (padded and masked), so M learns each death with the memory of the whole episode, as
         # it runs in a dream begun at an episode's first frame
         seq_len=300,
@@ -412,14 +417,21 @@ def _doom() -> RunConfig:
 
 
 def _doom_paper() -> RunConfig:
-    """The paper's sizes (10,000 random rollouts, z 64, M 512, CMA-ES 64 x 16 in a 2,100-step
-    dream at tau 1.15): for a GPU (the dream runs batched on it) or Ray (``collect --ray``)."""
+    """The paper's sizes (10,000 rollouts, z 64, M 512, CMA-ES 64 x 16 in a 2,100-step dream at
+    tau 1.15): V, M and the dreams on a GPU when the machine has one (the preset is made there),
+    collection with ``dreamlab collect --ray`` on a cluster."""
     cfg = _doom()
     cfg.preset = "doom-takecover-paper"
     cfg.collect_episodes = 10_000
-    cfg.vae_train = TrainConfig(epochs=10, batch_size=100, lr=1e-4, checkpoint_every=2000)
+    gpu = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.vae_train = TrainConfig(
+        epochs=10, batch_size=100, lr=1e-4, checkpoint_every=2000, device=gpu
+    )
     cfg.mdnrnn = MDNRNNConfig(hidden_size=512, termination_pos_weight=1.0)
-    cfg.mdnrnn_train = TrainConfig(epochs=20, batch_size=100, lr=1e-3, checkpoint_every=2000)
+    cfg.mdnrnn_train = TrainConfig(
+        epochs=20, batch_size=100, lr=1e-3, checkpoint_every=2000, device=gpu
+    )
+    cfg.dream_device = gpu
     cfg.seq_len = 500
     cfg.controller_normalize = False
     cfg.evolve = dataclasses.replace(

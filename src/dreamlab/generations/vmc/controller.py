@@ -251,13 +251,13 @@ def _evolve_controller(
     if pessimism is not None:
         world_model = controller_world_model(run, inputs, pessimism)
     else:
-        # Run loads V and M on the CPU
+        # Run loads V and M on the CPU; the dream runs on dream_device
         precision = dream_precision(
             cfg.dream_precision,
-            lambda p: run.world_model(inputs, p, round_),
+            lambda p: run.world_model(inputs, p, round_).to(cfg.dream_device),
             ecfg.population_size * ecfg.rollouts_per_candidate,
         )
-        world_model = run.world_model(inputs, precision, round_)
+        world_model = run.world_model(inputs, precision, round_).to(cfg.dream_device)
     ccfg = _controller_config(run, world_model, inputs)
     if cfg.dream_starts == "memory" and pessimism is not None:
         raise RunError(

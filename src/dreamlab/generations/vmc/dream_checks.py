@@ -3,7 +3,7 @@
 A C trained in the dream is only as good as the dream is honest about what kills it. The
 ``checks`` stage (``dream_checks=True``; the Doom presets) measures, into ``RUN/checks.json``:
 
-- ``termination``: M's prediction of deaths on held-out random episodes (collected for this,
+- ``termination``: M's prediction of deaths on held-out episodes (collected for this,
   ``RUN/heldout/``) and on as many training episodes, teacher-forced from each episode's first
   step: the probability it gives at the step the death happened and elsewhere, whether its peak
   lies at that step, and, drawing deaths as the dream does, when the dream would have ended
@@ -25,7 +25,6 @@ A C trained in the dream is only as good as the dream is honest about what kills
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from dreamlab.envs.policies import make_policy
 from dreamlab.generations.vmc.controller import dream_start_bank
 from dreamlab.generations.vmc.run import Run
 from dreamlab.generations.vmc.worldmodel import VMWorldModel
-from dreamlab.io import atomic_path, atomic_write_json, read_json, read_jsonl
+from dreamlab.io import atomic_path, atomic_write_json, read_json
 from dreamlab.models.mdnrnn import MDNRNN
 from dreamlab.rundir import timed
 from dreamlab.train.batches import sequence_batches
@@ -49,7 +48,6 @@ from dreamlab.train.encode import encode_store
 
 __all__ = [
     "alignment_check",
-    "checks_markdown",
     "death_metrics",
     "boundary_check",
     "dream_lengths",
@@ -66,8 +64,9 @@ TAUS = (0.1, 1.0, 1.15, 1.3)
 
 
 def heldout_latents(run: Run, episodes: int, progress: bool = True) -> EpisodeStore:
-    """``episodes`` fresh random episodes (another seed than the collected ones) in
-    ``RUN/heldout/data``, encoded by the run's V into ``RUN/heldout/latents`` (both resume)."""
+    """``episodes`` fresh episodes of the run's collection policy (another seed than the
+    collected ones) in ``RUN/heldout/data``, encoded by the run's V into
+    ``RUN/heldout/latents`` (both resume)."""
     cfg = run.config
     data = collect(
         CollectConfig(
@@ -75,7 +74,7 @@ def heldout_latents(run: Run, episodes: int, progress: bool = True) -> EpisodeSt
             env_kwargs=dict(cfg.env_kwargs),
             out=run / "heldout" / "data",
             episodes=episodes,
-            policy="random",
+            policy=cfg.collect_policy,
             seed=cfg.seed + 20_000,
             progress=progress,
         )
@@ -403,118 +402,3 @@ def _lengths_summary(lengths: np.ndarray) -> dict[str, float]:
         "std": float(lengths.std()),
         "median": float(np.median(lengths)),
     }
-
-
-def _tau_of(name: str, default: float) -> float | None:
-    """The temperature in a controller's name (``controller_tau1.3``), ``default`` for C."""
-    if name == "controller":
-        return default
-    match = re.fullmatch(r"controller_tau([0-9.]+)", name)
-    return float(match.group(1)) if match else None
-
-
-def temperature_rows(root: Path, default_tau: float) -> list[tuple[float, str, float, float]]:
-    """``(tau, agent, dream score, real mean)`` of C and every ``controller_tauT`` evaluated in
-    ``eval.json`` (trained with ``dreamlab train-controller --temperature T --name
-    controller_tauT``), sorted by tau."""
-    path = root / "eval.json"
-    if not path.exists():
-        return []
-    rows = []
-    for name, a in read_json(path, "eval").get("agents", {}).items():
-        tau = _tau_of(name, default_tau)
-        if tau is None:
-            continue
-        records = read_jsonl(root / name / "metrics.jsonl")
-        evals = [r["controller/eval/return"] for r in records if "controller/eval/return" in r]
-        rows.append((tau, name, float(evals[-1]) if evals else float("nan"), a["mean_return"]))
-    return sorted(rows)
-
-
-def checks_markdown(root: Path, default_tau: float) -> list[str]:
-    """The report's section on ``checks.json``, ``survival.png`` and the temperature table."""
-    lines: list[str] = []
-    rows = temperature_rows(root, default_tau)
-    if len(rows) > 1:
-        lines += [
-            "## Temperature (the same V and M, C trained at each tau)",
-            "",
-            "| tau | controller | score in its dream | score in reality |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| {t:g} | `{n}` | {d:.1f} | {r:.1f} |" for t, n, d, r in rows]
-        lines.append("")
-    path = root / "checks.json"
-    if not path.exists():
-        return lines
-    c = read_json(path, "checks")
-    lines += ["## Checks of the dream", ""]
-    surv = c["survival"]
-    if (root / "survival.png").exists():
-        lines += ["![survival in the dream and in reality](survival.png)", ""]
-    lines += ["| agent | where | episodes | mean ± std steps | median |", "|---|---|---|---|---|"]
-    for agent, by in surv.items():
-        for where, s in by.items():
-            lines.append(
-                f"| {agent} | {where} | {s['episodes']} | {s['mean']:.0f} ± {s['std']:.0f} | "
-                f"{s['median']:.0f} |"
-            )
-    lines += [
-        "",
-        f"Dreams at temperature {c['temperature_dream']:g}, from the dream's start bank.",
-        "",
-    ]
-    t = c["termination"]
-    lines += [
-        "**Deaths** (M teacher-forced from each episode's first step; a real episode's death is "
-        "its last step):",
-        "",
-        "| episodes | n | p at the death | p elsewhere | p > 0.5 at the death | "
-        "peak at the death (within 3) | expected deaths | dream's death / real |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for which in ("heldout", "train"):
-        m = t[which]
-        lines.append(
-            f"| {which} | {m['episodes']} | {m['p_at_death_mean']:.3f} | "
-            f"{m['p_elsewhere_mean']:.4f} | {m['recall_at_half']:.2f} | "
-            f"{m['peak_at_death']:.2f} ({m['peak_within_3']:.2f}) | {m['expected_deaths']:.2f} | "
-            f"{m['sampled_over_real']:.2f} |"
-        )
-    a, b, s = c["alignment"], c["boundaries"], c["starts"]
-    last = t["heldout"]["p_last_steps"]
-    lines += [
-        "",
-        "*expected deaths*: the sum of M's death probabilities over a real episode (1 = "
-        "calibrated); *dream's death / real*: the median step at which deaths drawn as the dream "
-        "draws them end the real episode, over its real length (< 1: the dream kills earlier).",
-        "",
-        f"**Alignment**: of {a['episodes']} episodes, {a['terminated_on_last_step']} end with "
-        f"`terminated` on their last step and {a['terminated_before_last_step']} have it "
-        f"earlier; {a['truncated']} were truncated. Rewards {a['reward_values']} "
-        f"(mean {a['reward_per_step_mean']:.3f} per step). The frame after a death has "
-        f"brightness {a['last_frame_brightness']:.1f} (the one before: "
-        f"{a['frame_before_brightness']:.1f}). M's death probability on held-out episodes at "
-        f"the death step, one and two before: {last[0]:.3f}, {last[1]:.3f}, {last[2]:.3f}.",
-        "",
-        "**Temperature** (M's own mixtures sampled at each tau): "
-        + "; ".join(
-            f"tau {k}: component spread {v['spread']:.3f} (sqrt(tau) {v['sqrt_tau']:.3f}), "
-            f"mixture draws vs softmax(logits/tau) TV {v['mixture_tv']:.3f} (sampling noise "
-            f"alone {v['noise_tv']:.3f})"
-            for k, v in c["temperature"]["taus"].items()
-        )
-        + ".",
-        "",
-        f"**Starts**: dreams begin at `{s['dream_starts']}` rows ({s['bank_rows']} from "
-        f"{s['episodes']} episodes) with memory max |h| {s['dream_start_memory_max_abs']:g}; "
-        f"C's agent starts a real episode with max |h| {s['agent_start_memory_max_abs']:g}.",
-        "",
-        f"**Episode boundaries**: {b['windows']} training windows of {b['seq_len']} steps "
-        f"(padded: {b['padded']}) held {b['deaths_in_windows']} deaths and "
-        f"{b['fake_transitions']} transitions after a death. M trains on "
-        f"{b['episodes_trained_on']:.0%} of the episodes; {b['episodes_whole_in_a_window']:.0%} "
-        f"fit whole in one window (median length {b['median_episode_length']:.0f}).",
-        "",
-    ]
-    return lines

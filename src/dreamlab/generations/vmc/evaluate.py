@@ -1,7 +1,8 @@
 """A V/M/C run's agents in the real env, and its dreams: the evaluate, dream and report stages
 and the ``dreamlab evaluate`` / ``dream`` / ``report`` commands on a V/M/C run.
 
-Agents are named: ``random``, ``expert`` (Catch), ``controller`` (the last C),
+Agents are named: ``random``, ``brownian`` (sticky random actions on a Discrete space, a random
+walk on a Box), ``expert`` (Catch), ``controller`` (the last C),
 ``controller_roundR`` (round R's C of the iterative procedure), ``controller_vonly``, ``planner``
 (CEM/MPPI in the run's dream), any other C trained with ``train-controller --name NAME``, and the
 agents other packages train into the run directory and register here (:func:`register_agent`;
@@ -67,7 +68,7 @@ def load_agent(
 ) -> Any:
     """The policy called ``which`` (see the module docstring); the planner plans in the run's
     dream, or in its ensemble's with ``pessimism``."""
-    if which in ("random", "expert"):
+    if which in ("random", "expert", "brownian"):
         return make_policy(which, run.action_space(), seed=run.config.seed)
     if which in EXTRA_AGENTS:
         load, command = EXTRA_AGENTS[which]
@@ -152,6 +153,8 @@ def stage_evaluate(
             agents.append("controller_vonly")
         if cfg.env.startswith("catch") or "Catch" in cfg.env:
             agents.insert(1, "expert")
+        if cfg.collect_policy == "brownian":  # the data's own policy, beside white-noise random
+            agents.insert(1, "brownian")
 
     def work() -> dict[str, Any]:
         path = run / "eval.json"

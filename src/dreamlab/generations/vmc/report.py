@@ -11,12 +11,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dreamlab.generations.vmc.dream_checks import checks_markdown
+from dreamlab.generations.vmc.checks_report import checks_markdown
 from dreamlab.io import atomic_path, atomic_write_text, read_json, read_jsonl
 from dreamlab.rundir import timings as run_timings
 
 AGENT_NAMES = {
     "random": "random policy",
+    "brownian": "sticky random policy (a random walk on a Box)",
     "expert": "scripted expert (upper bound)",
     "controller": "C trained only in the dream (V+M: reads [z, h])",
     "controller_vonly": "V-only ablation (C reads z, no memory)",
