@@ -367,7 +367,7 @@ def _doom() -> RunConfig:
     return RunConfig(
         preset="doom-takecover",
         env="doom-takecover",
-        # 3,000 episodes (~650k frames, 5 minutes with both cores): 3,000 deaths for M. The
+        # 3,000 episodes (~1M frames, ~10 minutes with both cores): 3,000 deaths for M. The
         # random actions are sticky (each repeats the last with probability 0.8): from white-
         # noise actions, which jitter in place, M never sees what holding a direction does, and
         # in its dream "always move right" survived 1,571 steps (random: 194) while it survives
@@ -382,9 +382,9 @@ def _doom() -> RunConfig:
         mdnrnn_train=TrainConfig(
             steps=2400, batch_size=32, lr=1e-3, log_every=50, checkpoint_every=250
         ),
-        # Windows of 300 steps from an episode's first step hold ~90% of the episodes whole
-        # (padded and masked), so M learns each death with the memory of the whole episode, as
-        # it runs in a dream begun at an episode's first frame
+        # Windows of 300 steps from an episode's first step hold half the episodes whole
+        # (padded and masked; median length ~300), so M learns those deaths with the memory of
+        # the whole episode, as it runs in a dream begun at an episode's first frame
         seq_len=300,
         seq_pad=True,
         controller_normalize=True,
