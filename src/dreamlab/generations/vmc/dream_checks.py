@@ -164,8 +164,8 @@ def alignment_check(data: EpisodeStore, latents: EpisodeStore, count: int = 200)
         early += int(term[:-1].any())
         truncated += int(np.asarray(ep["truncated"], bool)[-1])
         rewards.append(np.asarray(ep["reward"], np.float64))
+        n = len(term) + 1  # observations of the episode
         with data.reader(int(i)) as r:
-            n = r.rows("obs") if hasattr(r, "rows") else len(term) + 1
             tail = r.read_span("obs", n - 2, n).astype(np.float64)  # (2, H, W, 3)
         before_bright.append(tail[0].mean())
         last_bright.append(tail[1].mean())
@@ -348,12 +348,10 @@ def stage_checks(run: Run, progress: bool = True) -> dict[str, Any] | None:
         tau = cfg.evolve.temperature
         starts = dream_start_bank(run, wm)
         space, horizon, rounds = run.action_space(), cfg.evolve.max_episode_steps, 200
-        dream_wm = wm  # float32: C acted in a bfloat16 dream only where that was faster
-        c_dream = dream_lengths(
-            dream_wm, starts, run.controller(), space, rounds, tau, horizon, cfg.seed
-        )
+        # float32 dreams (C trained in bfloat16 ones only where they measured faster)
+        c_dream = dream_lengths(wm, starts, run.controller(), space, rounds, tau, horizon, cfg.seed)
         rnd = make_policy("random", space, seed=cfg.seed)
-        r_dream = dream_lengths(dream_wm, starts, rnd, space, rounds, tau, horizon, cfg.seed)
+        r_dream = dream_lengths(wm, starts, rnd, space, rounds, tau, horizon, cfg.seed)
         evals = read_json(run / "eval.json", "eval").get("agents", {})
         curves: dict[str, dict[str, np.ndarray]] = {
             "C": {"dream": c_dream},
