@@ -20,11 +20,10 @@ import json
 from pathlib import Path
 
 from dreamlab.generations.args import PipelineConfig
-from dreamlab.generations.vmc.checks_report import temperature_rows
 from dreamlab.generations.vmc.controller import stage_controller
 from dreamlab.generations.vmc.evaluate import stage_evaluate
 from dreamlab.generations.vmc.pipeline import run_pipeline
-from dreamlab.generations.vmc.report import write_report
+from dreamlab.generations.vmc.report import temperature_rows, write_report
 from dreamlab.io import read_json
 from dreamlab.rundir import timings
 

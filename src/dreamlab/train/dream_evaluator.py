@@ -149,11 +149,10 @@ class DreamEvaluator:
                     break
                 batch = n if rows is None else int(rows.numel())
                 if self.compact and int(alive.sum()) <= 0.75 * batch:
-                    keep = alive.nonzero().squeeze(1) if rows is None else rows[alive[rows]]
-                    local = keep if rows is None else alive[rows].nonzero().squeeze(1)
+                    local = (alive if rows is None else alive[rows]).nonzero().squeeze(1)
                     env.keep_dreams(local)
                     obs = obs[local]
-                    rows = keep
+                    rows = local if rows is None else rows[local]
                     row_weights = weights[torch.div(rows, rollouts, rounding_mode="floor")]
         env.state = None  # drop the dreams' memory until the next reset
         return returns.view(num_candidates, rollouts).cpu().numpy()

@@ -4,44 +4,18 @@ same V and M: ``controller_tauT``)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from dreamlab.io import read_json, read_jsonl
+from dreamlab.io import read_json
 
-__all__ = ["checks_markdown", "temperature_rows"]
-
-
-def _tau_of(name: str, default: float) -> float | None:
-    """The temperature in a controller's name (``controller_tau1.3``), ``default`` for C."""
-    if name == "controller":
-        return default
-    match = re.fullmatch(r"controller_tau([0-9.]+)", name)
-    return float(match.group(1)) if match else None
+__all__ = ["checks_markdown"]
 
 
-def temperature_rows(root: Path, default_tau: float) -> list[tuple[float, str, float, float]]:
-    """``(tau, agent, dream score, real mean)`` of C and every ``controller_tauT`` evaluated in
-    ``eval.json`` (trained with ``dreamlab train-controller --temperature T --name
-    controller_tauT``), sorted by tau."""
-    path = root / "eval.json"
-    if not path.exists():
-        return []
-    rows = []
-    for name, a in read_json(path, "eval").get("agents", {}).items():
-        tau = _tau_of(name, default_tau)
-        if tau is None:
-            continue
-        records = read_jsonl(root / name / "metrics.jsonl")
-        evals = [r["controller/eval/return"] for r in records if "controller/eval/return" in r]
-        rows.append((tau, name, float(evals[-1]) if evals else float("nan"), a["mean_return"]))
-    return sorted(rows)
-
-
-def checks_markdown(root: Path, default_tau: float) -> list[str]:
-    """The report's section on ``checks.json``, ``survival.png`` and the temperature table."""
+def checks_markdown(root: Path, rows: list[tuple[float, str, float, float]]) -> list[str]:
+    """The report's section on the temperature table ``rows`` (``(tau, agent, dream score, real
+    mean)``, from :func:`~dreamlab.generations.vmc.report.temperature_rows`), ``checks.json``
+    and ``survival.png``."""
     lines: list[str] = []
-    rows = temperature_rows(root, default_tau)
     if len(rows) > 1:
         lines += [
             "## Temperature (the same V and M, C trained at each tau)",

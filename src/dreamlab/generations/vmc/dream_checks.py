@@ -68,7 +68,7 @@ def heldout_latents(run: Run, episodes: int, progress: bool = True) -> EpisodeSt
     collected ones) in ``RUN/heldout/data``, encoded by the run's V into
     ``RUN/heldout/latents`` (both resume)."""
     cfg = run.config
-    data = collect(
+    collect(
         CollectConfig(
             env=cfg.env,
             env_kwargs=dict(cfg.env_kwargs),
@@ -79,7 +79,6 @@ def heldout_latents(run: Run, episodes: int, progress: bool = True) -> EpisodeSt
             progress=progress,
         )
     )
-    del data
     store = EpisodeStore.open(run / "heldout" / "data")
     return encode_store(
         run.vae(), store, run / "heldout" / "latents", vae_source=str(run / "vae"), progress=False
@@ -100,19 +99,25 @@ def _episodes(store: EpisodeStore, count: int, seed: int) -> list[dict[str, np.n
     return out
 
 
+def _teacher_forced(
+    world_model: VMWorldModel, ep: dict[str, np.ndarray], steps: int | None = None
+) -> Any:
+    """M's outputs over the first ``steps`` steps of ``ep`` (all by default), run on V's means
+    from the episode's first step with the real actions (the memory C's agent has in reality)."""
+    z = torch.as_tensor(np.array(ep["mu"][:-1][:steps], np.float32))[None]  # (1, T, Z)
+    action = torch.as_tensor(np.array(ep["action"][: z.shape[1]]))
+    return world_model.mdnrnn(z, world_model.encode_action(action).float()[None])
+
+
 @torch.inference_mode()
 def death_probabilities(
     world_model: VMWorldModel, episodes: list[dict[str, np.ndarray]]
 ) -> list[np.ndarray]:
     """M's termination probability at every step of each episode ``(T,)``, teacher-forced on
     V's means from the episode's first step (the memory C's agent has in reality)."""
-    mdn: MDNRNN = world_model.mdnrnn
     out = []
     for ep in episodes:
-        z = torch.as_tensor(np.array(ep["mu"][:-1], np.float32))[None]  # (1, T, Z)
-        action = torch.as_tensor(np.array(ep["action"]))
-        a = world_model.encode_action(action).float()[None]  # (1, T, A)
-        logit = mdn(z, a).termination_logit[0]  # (T,)
+        logit = _teacher_forced(world_model, ep).termination_logit[0]  # (T,)
         out.append(torch.sigmoid(logit.float()).numpy().astype(np.float64))
     return out
 
@@ -200,10 +205,7 @@ def temperature_check(
     ``softmax(logits / tau)``: what sampling noise alone gives.
     """
     mdn: MDNRNN = world_model.mdnrnn
-    ep = episodes[0]
-    z = torch.as_tensor(np.array(ep["mu"][:steps], np.float32))[None]  # (1, T, Z)
-    act = torch.as_tensor(np.array(ep["action"][: z.shape[1]]))
-    out = mdn(z, world_model.encode_action(act).float()[None])
+    out = _teacher_forced(world_model, episodes[0], steps)
     logit_pi, mu, log_sigma = (x[0] for x in (out.logit_pi, out.mu, out.log_sigma))  # (T, G|Z, .)
     gen = torch.Generator().manual_seed(seed)
     k = mu.shape[-1]
@@ -230,7 +232,7 @@ def temperature_check(
             "mixture_tv": tv(comp, want),
             "noise_tv": tv(direct.T.reshape(comp.shape), want),
         }
-    return {"samples": samples, "steps": int(z.shape[1]), "taus": rows}
+    return {"samples": samples, "steps": int(mu.shape[0]), "taus": rows}
 
 
 def boundary_check(run: Run, batches: int = 50) -> dict[str, Any]:
@@ -344,7 +346,8 @@ def stage_checks(run: Run, progress: bool = True) -> dict[str, Any] | None:
         wm = run.world_model()
         held = heldout_latents(run, cfg.check_episodes, progress)
         heldout_eps = _episodes(held, cfg.check_episodes, cfg.seed)
-        train_eps = _episodes(run.latents(), cfg.check_episodes, cfg.seed)
+        latents = run.latents()
+        train_eps = _episodes(latents, cfg.check_episodes, cfg.seed)
         tau = cfg.evolve.temperature
         starts = dream_start_bank(run, wm)
         space, horizon, rounds = run.action_space(), cfg.evolve.max_episode_steps, 200
@@ -370,12 +373,12 @@ def stage_checks(run: Run, progress: bool = True) -> dict[str, Any] | None:
                 "heldout": termination_check(wm, heldout_eps, cfg.seed),
                 "train": termination_check(wm, train_eps, cfg.seed),
             },
-            "alignment": alignment_check(run.data(), run.latents()),
+            "alignment": alignment_check(run.data(), latents),
             "temperature": temperature_check(wm, heldout_eps, seed=cfg.seed),
             "starts": {
                 "dream_starts": cfg.dream_starts,
                 "bank_rows": int(next(iter(starts.values())).shape[0]),
-                "episodes": len(run.latents()),
+                "episodes": len(latents),
                 "dream_start_memory_max_abs": float(start_state["h"].abs().max()),
                 "agent_start_memory_max_abs": agent_memory,
             },

@@ -60,6 +60,30 @@ def _dream_score(run_path: Path, name: str) -> float | None:
     return float(best[-1]) if best else None
 
 
+def _tau_of(name: str, default: float) -> float | None:
+    """The temperature in a controller's name (``controller_tau1.3``), ``default`` for C."""
+    if name == "controller":
+        return default
+    match = re.fullmatch(r"controller_tau([0-9.]+)", name)
+    return float(match.group(1)) if match else None
+
+
+def temperature_rows(root: Path, default_tau: float) -> list[tuple[float, str, float, float]]:
+    """``(tau, agent, dream score, real mean)`` of C and every ``controller_tauT`` evaluated in
+    ``eval.json`` (trained with ``dreamlab train-controller --temperature T --name
+    controller_tauT``), sorted by tau."""
+    path = root / "eval.json"
+    if not path.exists():
+        return []
+    rows = []
+    for name, a in read_json(path, "eval").get("agents", {}).items():
+        tau = _tau_of(name, default_tau)
+        if tau is not None:
+            dream = _dream_score(root, name)
+            rows.append((tau, name, float("nan") if dream is None else dream, a["mean_return"]))
+    return sorted(rows)
+
+
 def plot_evolution(run_path: Path, names: list[str], out: Path) -> bool:
     """CMA-ES curves: best/mean fitness in the dream, and real-env checks, per generation."""
     series = {n: read_jsonl(run_path / controller_path(n) / "metrics.jsonl") for n in names}
@@ -196,7 +220,8 @@ def write_report(run: Any) -> Path:
             )
         lines += ["", "![prediction error](prediction_error.png)", ""]
     evolve = getattr(cfg, "evolve", None)
-    lines += checks_markdown(root, evolve.temperature if evolve is not None else 1.0)
+    tau = evolve.temperature if evolve is not None else 1.0
+    lines += checks_markdown(root, temperature_rows(root, tau))
     timings = run_timings(root)
     if timings:
         total = sum(timings.values())
