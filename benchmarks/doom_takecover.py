@@ -5,6 +5,9 @@
 2. The paper's temperature table on the same V and M: C trained in the dream at each other
    ``--taus`` value into ``RUN/controller_tauT`` (the run's CMA-ES settings, ``--table-generations``
    generations), scored over the same real episodes. ``report.md`` then holds the table.
+3. With ``--seeds S ...``: the same C's (the run's tau and each ``--taus``) again from other CMA-ES
+   seeds, into ``RUN/controller_seedS`` and ``RUN/controller_tauT_seedS``: what one CMA-ES run's
+   real score is worth. ``report.md`` gives each tau's spread over its seeds.
 
 Run it again after a kill and it continues where it stopped (every stage resumes). Prints the
 scores, the table and the wall time of each stage::
@@ -39,22 +42,34 @@ def main() -> None:
         default=None,
         help="CMA-ES generations of each table C (default: the preset's)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="other CMA-ES seeds of the run's C and of each table C",
+    )
     args = parser.parse_args()
 
     run = run_pipeline(PipelineConfig(run=args.run, preset=args.preset))
     cfg = run.config
     evals = read_json(run / "eval.json", "eval")["agents"]
-    for tau in args.taus:
-        if tau == cfg.evolve.temperature:
-            continue  # that row is the run's own C
-        name = f"controller_tau{tau:g}"
+    jobs = [(tau, None) for tau in args.taus if tau != cfg.evolve.temperature]
+    jobs += [(tau, seed) for tau in [cfg.evolve.temperature, *args.taus] for seed in args.seeds]
+    for tau, seed in jobs:
+        name = "controller"
+        if tau != cfg.evolve.temperature:
+            name += f"_tau{tau:g}"
+        if seed is not None:
+            name += f"_seed{seed}"
         ecfg = dataclasses.replace(
             cfg.evolve,
             temperature=tau,
+            seed=cfg.evolve.seed if seed is None else seed,
             generations=args.table_generations or cfg.evolve.generations,
             real_eval_every=0,
         )
-        print(f"[doom] temperature table: C at tau {tau:g} -> {run / name}", flush=True)
+        print(f"[doom] C at tau {tau:g}, CMA-ES seed {ecfg.seed} -> {run / name}", flush=True)
         stage_controller(run, evolve_cfg=ecfg, name=name)
         if evals.get(name, {}).get("episodes") != cfg.eval_episodes:
             evals = stage_evaluate(run, agents=[name])["agents"]

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from dreamlab.generations.args import PipelineConfig
+from dreamlab.generations.vmc.checks_report import checks_markdown
 from dreamlab.generations.vmc.dream_checks import death_metrics, survival_curve
 from dreamlab.generations.vmc.pipeline import run_pipeline
+from dreamlab.generations.vmc.report import temperature_rows
 from dreamlab.generations.vmc.run import Run
+from dreamlab.io import append_jsonl
 
 
 def test_death_metrics_tell_a_sharp_m_from_a_flat_one_and_a_kind_one() -> None:
@@ -32,6 +35,36 @@ def test_death_metrics_tell_a_sharp_m_from_a_flat_one_and_a_kind_one() -> None:
 def test_survival_curve() -> None:
     curve = survival_curve(np.array([1, 3, 3, 10]), 4)
     np.testing.assert_allclose(curve, [1.0, 0.75, 0.75, 0.25, 0.25])
+
+
+def test_temperature_table_reads_taus_and_seeds_from_controller_names(tmp_path: Path) -> None:
+    real = {
+        "controller": 400.0,  # the run's C: the run's tau
+        "controller_seed1": 800.0,  # the run's tau, another CMA-ES seed
+        "controller_tau1.0": 850.0,
+        "controller_tau1_seed2": 650.0,
+        "controller_tau1.3": 660.0,
+        "controller_vonly": 300.0,  # not a row: another input
+        "controller_tau1.3.5": 1.0,  # not a temperature
+        "random": 220.0,
+    }
+    agents = {name: {"mean_return": r} for name, r in real.items()}
+    (tmp_path / "eval.json").write_text(json.dumps({"agents": agents}))
+    append_jsonl(tmp_path / "controller_tau1.0" / "metrics.jsonl", {"controller/eval/return": 1e3})
+    rows = temperature_rows(tmp_path, 1.15)
+    assert [(t, n) for t, n, _, _ in rows] == [
+        (1.0, "controller_tau1.0"),
+        (1.0, "controller_tau1_seed2"),
+        (1.15, "controller"),
+        (1.15, "controller_seed1"),
+        (1.3, "controller_tau1.3"),
+    ]
+    assert rows[0][2] == 1e3 and np.isnan(rows[1][2])  # dream score: the last many-dream check
+    text = "\n".join(checks_markdown(tmp_path, rows))
+    assert "| 1.3 | `controller_tau1.3` | nan | 660.0 |" in text
+    assert "tau 1, 2 CMA-ES seeds: real score 750 on average (median 750, 650 to 850)" in text
+    assert "tau 1.15, 2 CMA-ES seeds: real score 600 on average" in text
+    assert "tau 1.3, " not in text  # one seed: no spread
 
 
 @pytest.fixture(scope="module")

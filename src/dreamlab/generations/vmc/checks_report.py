@@ -6,9 +6,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from dreamlab.io import read_json
 
 __all__ = ["checks_markdown"]
+
+
+def _seed_spread(rows: list[tuple[float, str, float, float]]) -> list[str]:
+    """One line per tau trained at several CMA-ES seeds: the spread of C's real score over them
+    (what one CMA-ES run's number is worth)."""
+    lines = []
+    for tau in sorted({t for t, *_ in rows}):
+        real = np.array([r for t, _, _, r in rows if t == tau])
+        if len(real) > 1:
+            lines.append(
+                f"- tau {tau:g}, {len(real)} CMA-ES seeds: real score {real.mean():.0f} on average "
+                f"(median {np.median(real):.0f}, {real.min():.0f} to {real.max():.0f})"
+            )
+    return [*lines, ""] if lines else []
 
 
 def checks_markdown(root: Path, rows: list[tuple[float, str, float, float]]) -> list[str]:
@@ -25,6 +41,7 @@ def checks_markdown(root: Path, rows: list[tuple[float, str, float, float]]) -> 
         ]
         lines += [f"| {t:g} | `{n}` | {d:.1f} | {r:.1f} |" for t, n, d, r in rows]
         lines.append("")
+        lines += _seed_spread(rows)
     path = root / "checks.json"
     if not path.exists():
         return lines

@@ -149,6 +149,9 @@ class TrainControllerArgs:
     """independent CMA-ES runs raced for --restart-generations; the best continues"""
     restart_generations: int | None = None
     """generations each raced restart runs before the best is chosen"""
+    seed: int | None = None
+    """seed of CMA-ES and of its dreams (default: the run's); C's from several seeds measure
+    how much one CMA-ES run's result is luck"""
     ray: bool = False
     """with --where real: evaluate candidates on a Ray cluster instead of local processes"""
     ray_address: str | None = None
@@ -180,6 +183,7 @@ def train_controller(args: TrainControllerArgs) -> Any:
         sigma0=args.sigma0,
         restarts=args.restarts,
         restart_generations=args.restart_generations,
+        seed=args.seed,
         ray_address=args.ray_address,
         workers=args.workers,
         backend=backend,

@@ -61,17 +61,19 @@ def _dream_score(run_path: Path, name: str) -> float | None:
 
 
 def _tau_of(name: str, default: float) -> float | None:
-    """The temperature in a controller's name (``controller_tau1.3``), ``default`` for C."""
-    if name == "controller":
-        return default
-    match = re.fullmatch(r"controller_tau([0-9.]+)", name)
-    return float(match.group(1)) if match else None
+    """The temperature in a controller's name (``controller_tau1.3``, ``controller_tau1.3_seed2``),
+    ``default`` for C and for the run's C at another CMA-ES seed (``controller_seed2``)."""
+    match = re.fullmatch(r"controller(_tau([0-9]+(?:\.[0-9]+)?))?(_seed[0-9]+)?", name)
+    if match is None:
+        return None
+    return default if match.group(2) is None else float(match.group(2))
 
 
 def temperature_rows(root: Path, default_tau: float) -> list[tuple[float, str, float, float]]:
-    """``(tau, agent, dream score, real mean)`` of C and every ``controller_tauT`` evaluated in
-    ``eval.json`` (trained with ``dreamlab train-controller --temperature T --name
-    controller_tauT``), sorted by tau."""
+    """``(tau, agent, dream score, real mean)`` of C and every ``controller_tauT`` (and
+    ``controller_tauT_seedS``, ``controller_seedS``: the same at another CMA-ES seed) evaluated in
+    ``eval.json`` (trained with ``dreamlab train-controller --temperature T [--seed S] --name
+    NAME``), sorted by tau."""
     path = root / "eval.json"
     if not path.exists():
         return []
