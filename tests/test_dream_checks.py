@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dreamlab.cli import main as cli_main
 from dreamlab.generations.args import PipelineConfig
 from dreamlab.generations.vmc.checks_report import checks_markdown
 from dreamlab.generations.vmc.dream_checks import death_metrics, survival_curve
 from dreamlab.generations.vmc.pipeline import run_pipeline
 from dreamlab.generations.vmc.report import temperature_rows
 from dreamlab.generations.vmc.run import Run
-from dreamlab.io import append_jsonl
+from dreamlab.io import append_jsonl, read_jsonl
 
 
 def test_death_metrics_tell_a_sharp_m_from_a_flat_one_and_a_kind_one() -> None:
@@ -106,3 +107,17 @@ def test_checks_stage_measures_every_pitfall(checked_run: Path) -> None:
     assert "## Checks of the dream" in report and "survival.png" in report
     ev = json.loads((checked_run / "eval.json").read_text())
     assert len(ev["agents"]["controller"]["lengths"]) == ev["agents"]["controller"]["episodes"]
+
+
+def test_train_controller_seed_is_another_cma_es_run_beside_the_runs_c(checked_run: Path) -> None:
+    config = (checked_run / "config.json").read_text()
+    argv = ["train-controller", "--run", str(checked_run), "--generations", "2"]
+    for seed in (0, 7):
+        assert cli_main([*argv, "--seed", str(seed), "--name", f"controller_seed{seed}"]) == 0
+    assert (checked_run / "config.json").read_text() == config  # the run's settings stay
+    runs = {}
+    for seed in (0, 7):
+        out = checked_run / f"controller_seed{seed}"
+        assert json.loads((out / "evolve.json").read_text())["config"]["seed"] == seed
+        runs[seed] = [r["controller/train/best"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert runs[0] != runs[7]  # other candidates, other dreams
