@@ -1,8 +1,9 @@
 """The DoomTakeCover reproduction (BENCHMARKS.md, "DoomTakeCover"), resumable end to end.
 
 1. ``dreamlab pipeline --preset doom-takecover --run RUN``: collect, V, M, C in the dream at
-   tau 1.15, 100 real episodes of C and of random play, the dream's checks, the report.
-2. The paper's temperature table on the same V and M: C trained in the dream at each other
+   tau 1.0, one round of the iterative procedure (C plays, M is fine-tuned, C trains again), 100
+   real episodes of each round's C and of random play, the dream's checks, the report.
+2. The paper's temperature table on the same V and M (the last round's): C trained in the dream at each other
    ``--taus`` value into ``RUN/controller_tauT`` (the run's CMA-ES settings, ``--table-generations``
    generations), scored over the same real episodes. ``report.md`` then holds the table.
 3. With ``--seeds S ...``: the same C's (the run's tau and each ``--taus``) again from other CMA-ES
@@ -35,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="run directory")
     parser.add_argument("--preset", default="doom-takecover")
-    parser.add_argument("--taus", type=float, nargs="*", default=[0.1, 1.0, 1.3])
+    parser.add_argument("--taus", type=float, nargs="*", default=[0.1, 1.15, 1.3])
     parser.add_argument(
         "--table-generations",
         type=int,

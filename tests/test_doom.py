@@ -24,9 +24,11 @@ def test_tiny_doom_pipeline_end_to_end(tmp_path: Path) -> None:
     run_pipeline(PipelineConfig(run=path, preset="doom-takecover-debug", progress=False))
     timings = json.loads((path / "timings.json").read_text())
     ran = {"collect", "vae", "encode", "mdnrnn", "controller", "evaluate", "dream", "checks"}
-    assert ran <= set(timings) and set(timings) <= set(STAGES)
+    rounds = {"round0_controller", "round1_explore", "round1_mdnrnn"}  # the iterative procedure
+    assert ran | rounds <= set(timings) <= set(STAGES) | rounds
+    assert len(EpisodeStore.open(path / "rounds" / "0" / "data")) == 2  # round 0's C played
     ev = json.loads((path / "eval.json").read_text())
-    for agent in ("random", "controller"):
+    for agent in ("random", "controller_round0", "controller"):
         a = ev["agents"][agent]
         assert a["episodes"] == 3 and len(a["lengths"]) == 3
         assert a["mean_return"] == pytest.approx(sum(a["lengths"]) / 3)  # 1 per step survived
@@ -35,7 +37,8 @@ def test_tiny_doom_pipeline_end_to_end(tmp_path: Path) -> None:
     assert align["terminated_on_last_step"] == align["episodes"] == 6  # every episode is a death
     assert align["last_frame_brightness"] < 1.0 < align["frame_before_brightness"]  # black
     assert checks["boundaries"]["fake_transitions"] == 0
-    assert checks["starts"]["bank_rows"] == 6
+    # one start per episode M trained on: the 6 collected and the 2 round 0's C played
+    assert checks["starts"]["bank_rows"] == checks["starts"]["episodes"] == 8
     report = (path / "report.md").read_text()
     for section in ("Scores in the real environment", "Checks of the dream", "Wall time"):
         assert section in report

@@ -378,7 +378,8 @@ def stage_checks(run: Run, progress: bool = True) -> dict[str, Any] | None:
             "starts": {
                 "dream_starts": cfg.dream_starts,
                 "bank_rows": int(next(iter(starts.values())).shape[0]),
-                "episodes": len(latents),
+                # the collected episodes and what the iteration rounds' C played
+                "episodes": sum(len(store) for store in run.round_latents(None)),
                 "dream_start_memory_max_abs": float(start_state["h"].abs().max()),
                 "agent_start_memory_max_abs": agent_memory,
             },
