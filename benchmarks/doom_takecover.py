@@ -1,11 +1,11 @@
 """The DoomTakeCover reproduction (BENCHMARKS.md, "DoomTakeCover"), resumable end to end.
 
 1. ``dreamlab pipeline --preset doom-takecover --run RUN``: collect, V, M, C in the dream at
-   tau 1.0, one round of the iterative procedure (C plays, M is fine-tuned, C trains again), 100
-   real episodes of each round's C and of random play, the dream's checks, the report.
-2. The paper's temperature table on the same V and M (the last round's): C trained in the dream at each other
-   ``--taus`` value into ``RUN/controller_tauT`` (the run's CMA-ES settings, ``--table-generations``
-   generations), scored over the same real episodes. ``report.md`` then holds the table.
+   tau 1.0, 100 real episodes of C and of random play, the dream's checks, the report.
+2. The paper's temperature table on the same V and M: C trained in the dream at each other
+   ``--taus`` value into ``RUN/controller_tauT`` (the run's CMA-ES settings,
+   ``--table-generations`` generations), scored over the same real episodes. ``report.md`` then
+   holds the table.
 3. With ``--seeds S ...``: the same C's (the run's tau and each ``--taus``) again from other CMA-ES
    seeds, into ``RUN/controller_seedS`` and ``RUN/controller_tauT_seedS``: what one CMA-ES run's
    real score is worth. ``report.md`` gives each tau's spread over its seeds.
