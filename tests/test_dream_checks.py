@@ -121,3 +121,20 @@ def test_train_controller_seed_is_another_cma_es_run_beside_the_runs_c(checked_r
         assert json.loads((out / "evolve.json").read_text())["config"]["seed"] == seed
         runs[seed] = [r["controller/train/best"] for r in read_jsonl(out / "metrics.jsonl")]
     assert runs[0] != runs[7]  # other candidates, other dreams
+
+
+def test_train_controller_keeps_its_dream_precision_when_resumed(
+    checked_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["train-controller", "--run", str(checked_run), "--name", "controller_p"]
+    assert cli_main([*argv, "--generations", "2"]) == 0
+    chosen = json.loads((checked_run / "controller_p" / "precision.json").read_text())
+    assert chosen["precision"] in ("float32", "bfloat16")
+
+    def measure_again(*args: object, **kwargs: object) -> str:
+        raise AssertionError("a resumed run measured its dream precision again")
+
+    monkeypatch.setattr("dreamlab.generations.vmc.controller.dream_precision", measure_again)
+    assert cli_main([*argv, "--generations", "3"]) == 0  # resumes in the saved precision
+    rows = read_jsonl(checked_run / "controller_p" / "metrics.jsonl")
+    assert [r["generation"] for r in rows if "controller/train/best" in r][-1] == 3

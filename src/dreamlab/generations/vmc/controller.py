@@ -251,12 +251,20 @@ def _evolve_controller(
     if pessimism is not None:
         world_model = controller_world_model(run, inputs, pessimism)
     else:
-        # Run loads V and M on the CPU; the dream runs on dream_device
-        precision = dream_precision(
-            cfg.dream_precision,
-            lambda p: run.world_model(inputs, p, round_).to(cfg.dream_device),
-            ecfg.population_size * ecfg.rollouts_per_candidate,
-        )
+        # Run loads V and M on the CPU; the dream runs on dream_device. ``auto`` is a timing,
+        # so its choice is kept beside C: a resumed run dreams in the precision it began with
+        chosen = run / name / "precision.json"
+        saved = read_json(chosen, "precision") if chosen.exists() else {}
+        if saved.get("setting") == cfg.dream_precision:
+            precision = saved["precision"]
+        else:
+            precision = dream_precision(
+                cfg.dream_precision,
+                lambda p: run.world_model(inputs, p, round_).to(cfg.dream_device),
+                ecfg.population_size * ecfg.rollouts_per_candidate,
+            )
+            (run / name).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(chosen, {"setting": cfg.dream_precision, "precision": precision})
         world_model = run.world_model(inputs, precision, round_).to(cfg.dream_device)
     ccfg = _controller_config(run, world_model, inputs)
     if cfg.dream_starts == "memory" and pessimism is not None:
