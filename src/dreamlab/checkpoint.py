@@ -10,33 +10,42 @@ Models are found by *kind* in :data:`MODEL_KINDS` (``kind -> (ConfigClass, Model
 model class must take its config dataclass as its only constructor argument and keep it in
 ``self.config``. New model families call :func:`register_model`.
 
-Every file is written atomically; a file's safetensors header may carry the training ``step``
-so that :func:`dreamlab.train.fit` can tell a consistent checkpoint from a torn one.
+Every file is written atomically, alone or, given a :class:`~dreamlab.io.Commit`, together with
+the other files of one checkpoint; a file's safetensors header may carry the training ``step``.
+Every read first finishes a checkpoint that a kill left half-moved (:func:`dreamlab.io.settle`),
+and weights are checked for NaN and infinity as they load.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from dreamlab import __version__
-from dreamlab.io import DreamlabError, atomic_path, atomic_write_json, read_json
+from dreamlab.io import (
+    Commit,
+    DreamlabError,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    settle,
+)
 from dreamlab.models.actor_critic import ActorCritic, ActorCriticConfig
 from dreamlab.models.bc import BCConfig, BCNet
 from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
 from dreamlab.models.rssm import RSSM, RSSMConfig
 from dreamlab.models.vae import VAE, VAEConfig
+from dreamlab.typed import ConfigTypeError, dataclass_from_json
 
 __all__ = [
     "CONFIG_FILE",
@@ -45,6 +54,7 @@ __all__ = [
     "OPTIMIZER_FILE",
     "CheckpointError",
     "IncompatibleModelError",
+    "check_finite",
     "check_latents_compatible",
     "check_vae_frames_compatible",
     "config_from_dict",
@@ -60,6 +70,7 @@ __all__ = [
     "save_model",
     "save_optimizer",
     "weights_step",
+    "write_safetensors",
 ]
 
 CONFIG_FILE = "config.json"
@@ -116,42 +127,49 @@ def kind_of(model: nn.Module, kinds: Mapping[str, ModelEntry] = MODEL_KINDS) -> 
     )
 
 
-def _is_tuple_type(tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_tuple_type(arg) for arg in typing.get_args(tp))
-    return False
+def config_from_dict(
+    config_cls: type,
+    data: Mapping[str, Any],
+    source: str = "config",
+    *,
+    complete: bool | None = None,
+) -> Any:
+    """Rebuild a config dataclass (nested ones included) from its ``asdict`` JSON form, every
+    value's type checked against its field (:func:`dreamlab.typed.dataclass_from_json`).
 
-
-def config_from_dict(config_cls: type, data: Mapping[str, Any], source: str = "config") -> Any:
-    """Rebuild a config dataclass from its ``asdict`` JSON form.
-
-    Lists are turned back into tuples where the field is a tuple; fields missing from ``data``
-    take their defaults (files from older versions keep loading).
+    Fields missing from ``data`` take their defaults (files from older versions keep loading),
+    unless ``complete`` (default: ``data`` is a :class:`~dreamlab.typed.FullRecord`, a run
+    config written by this version).
 
     Raises:
-        CheckpointError: on unknown fields or values the config rejects.
+        CheckpointError: naming ``source`` and the field: unknown or missing fields, a value of
+            the wrong type, or one the config rejects.
     """
-    if not isinstance(data, Mapping):
-        raise CheckpointError(
-            f"{source}: 'config' must be a JSON object, got {type(data).__name__}"
-        )
-    hints = typing.get_type_hints(config_cls)
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise CheckpointError(f"{source}: unknown {config_cls.__name__} fields {unknown}")
-    kwargs = {}
-    for name, value in data.items():
-        if isinstance(value, list) and _is_tuple_type(hints.get(name)):
-            value = tuple(value)
-        kwargs[name] = value
     try:
-        return config_cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: invalid {config_cls.__name__}: {e}") from None
+        return dataclass_from_json(config_cls, data, source, complete=complete)
+    except ConfigTypeError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def write_safetensors(
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+    commit: Commit | None = None,
+) -> None:
+    """Write ``tensors`` as a safetensors file at ``path``: atomically, or staged in ``commit``.
+
+    The bytes are built in memory and written by dreamlab (safetensors' own ``save_file`` leaves
+    a stray temporary file when killed and makes the file mode 0600 whatever the umask).
+    """
+    data = safetensors_bytes(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        metadata=dict(metadata) if metadata is not None else None,
+    )
+    if commit is not None:
+        commit.write_bytes(path, data)
+    else:
+        atomic_write_bytes(path, data)
 
 
 def save_model(
@@ -161,6 +179,7 @@ def save_model(
     kind: str | None = None,
     *,
     step: int | None = None,
+    commit: Commit | None = None,
 ) -> None:
     """Write ``DIR/config.json`` and ``DIR/model.safetensors`` atomically.
 
@@ -170,6 +189,8 @@ def save_model(
         config: its config dataclass; defaults to ``model.config``.
         kind: registry kind; defaults to the kind registered for ``type(model)``.
         step: training step stored in the weights' header (used by resume).
+        commit: stage both files in this unit of :func:`dreamlab.io.commit_files` (a checkpoint
+            of several files) instead of writing them at once.
     """
     directory = Path(directory)
     config = config if config is not None else model.config
@@ -178,21 +199,21 @@ def save_model(
         raise CheckpointError(
             f"save_model: config must be a dataclass instance, got {type(config).__name__}"
         )
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"kind": kind}
     if step is not None:
         metadata["step"] = str(step)
-    with atomic_path(directory / MODEL_FILE, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    atomic_write_json(
-        directory / CONFIG_FILE,
-        {"kind": kind, "config": dataclasses.asdict(config), "dreamlab_version": __version__},
-    )
+    write_safetensors(directory / MODEL_FILE, model.state_dict(), metadata, commit)
+    record = {"kind": kind, "config": dataclasses.asdict(config), "dreamlab_version": __version__}
+    if commit is not None:
+        commit.write_json(directory / CONFIG_FILE, record)
+    else:
+        atomic_write_json(directory / CONFIG_FILE, record)
 
 
 def has_model(directory: str | Path) -> bool:
     """Whether ``directory`` holds both a config and weights."""
     directory = Path(directory)
+    settle(directory)
     return (directory / CONFIG_FILE).is_file() and (directory / MODEL_FILE).is_file()
 
 
@@ -205,6 +226,7 @@ def read_config(
         CheckpointError: missing/corrupt file or an unregistered kind.
     """
     path = Path(directory) / CONFIG_FILE
+    settle(directory)
     try:
         data = read_json(path, what="model config")
     except (FileNotFoundError, ValueError) as e:
@@ -218,6 +240,7 @@ def read_config(
 
 
 def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    settle(path.parent)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
     try:
@@ -227,6 +250,7 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def _read_metadata(path: Path, what: str) -> dict[str, str]:
+    settle(path.parent)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
     try:
@@ -246,11 +270,13 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
     """Load ``DIR/model.safetensors`` into ``model``, checking every name and shape first.
 
     Raises:
-        CheckpointError: missing/corrupt file, missing or unexpected tensors, or a tensor
-            whose shape differs from the model's (named, with both shapes).
+        CheckpointError: missing/corrupt file, missing or unexpected tensors, a tensor whose
+            shape differs from the model's (named, with both shapes), or a tensor holding NaN or
+            infinity.
     """
     path = Path(directory) / MODEL_FILE
     state = _read_safetensors(path, "model weights")
+    check_finite(state, path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -267,6 +293,19 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
                 f"builds {tuple(tensor.shape)}"
             )
     model.load_state_dict(state)
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` and the tensor when a float tensor holds
+    NaN or infinity (weights of a diverged training, or flipped bytes)."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds {bad} NaN or infinite values of {tensor.numel()}; "
+                "these weights are unusable (a diverged training or a damaged file): train again "
+                "or restore the file"
+            )
 
 
 def load_model(
@@ -320,8 +359,10 @@ def save_optimizer(
     *,
     step: int,
     extra: Mapping[str, torch.Tensor] | None = None,
+    commit: Commit | None = None,
 ) -> None:
-    """Write the optimizer state (and extra tensors, e.g. RNG states) to ``optimizer.safetensors``.
+    """Write the optimizer state (and extra tensors, e.g. RNG states) to ``optimizer.safetensors``
+    (staged in ``commit`` when given, see :func:`save_model`).
 
     Tensors of ``state_dict()["state"]`` become ``state.{param}.{name}``; numbers and
     ``param_groups`` go to JSON in the safetensors header. No pickle is involved.
@@ -343,8 +384,7 @@ def save_optimizer(
         "param_groups": json.dumps(sd["param_groups"]),
         "scalars": json.dumps(scalars),
     }
-    with atomic_path(Path(directory) / OPTIMIZER_FILE, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    write_safetensors(Path(directory) / OPTIMIZER_FILE, tensors, metadata, commit)
 
 
 def load_optimizer(
@@ -401,6 +441,7 @@ def load_optimizer(
 def optimizer_step(directory: str | Path) -> int | None:
     """The step recorded in ``DIR/optimizer.safetensors``'s header, or ``None`` if absent."""
     path = Path(directory) / OPTIMIZER_FILE
+    settle(directory)
     if not path.is_file():
         return None
     step = _read_metadata(path, "optimizer state").get("step")

@@ -40,7 +40,7 @@ from dreamlab.eval.catch_probe import catch_config_for
 from dreamlab.eval.contender import CompareContext, Contender, ContenderBuilder
 from dreamlab.eval.fidelity import FidelityConfig, measure_fidelity
 from dreamlab.generations import all_generations
-from dreamlab.io import atomic_path, atomic_write_json, jsonable, read_json
+from dreamlab.io import atomic_write_bytes, atomic_write_json, jsonable, read_json
 
 __all__ = [
     "CompareModelsArgs",
@@ -197,16 +197,17 @@ def _measure(name: str, contender: Contender, shared: _Shared, seconds: float) -
     )
     out_dir = args.out / name
     # one held-out episode, real and imagined, for the frame grid (no pickles: safetensors)
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save as safetensors_bytes
 
-    with atomic_path(out_dir / FRAMES_FILE, suffix=".safetensors") as tmp:
-        save_file(
+    atomic_write_bytes(
+        out_dir / FRAMES_FILE,
+        safetensors_bytes(
             {
                 "imagined": np.ascontiguousarray(fid.open_loop.imagined[0]),
                 "real": np.ascontiguousarray(fid.open_loop.real[0]),
-            },
-            str(tmp),
-        )
+            }
+        ),
+    )
     return {
         "name": name,
         "label": contender.name,

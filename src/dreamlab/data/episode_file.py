@@ -4,9 +4,10 @@ An episode file ``ep_000042.safetensors`` holds the episode's named arrays and s
 (``info``: seed, policy, ... plus the format version, env id, index and length). Headers are
 parsed by hand (8-byte header length, JSON header, raw data) so that every read can be validated
 against the schema and frames can be read with ``pread`` (:class:`EpisodeReader`) or memory-mapped
-(:func:`map_episode`) without going through a copy. Files are written atomically with
-``safetensors.numpy.save_file`` (:func:`write_episode_file`) so any safetensors reader can open
-them.
+(:func:`map_episode`) without going through a copy. Files are written atomically in the
+safetensors format (:func:`write_episode_file`) so any safetensors reader can open them. The
+header records a CRC-32 of every array (``crc32``), which :func:`verify_episode_file` checks, so
+bytes flipped on disk after the write are an error naming the file, not silent bad data.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ import os
 import re
 import struct
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save as safetensors_bytes
 
 from dreamlab.data.schema import FORMAT_VERSION, SAFETENSORS_DTYPES, ArraySpec, StoreError
-from dreamlab.io import atomic_path
+from dreamlab.io import atomic_write_bytes
 
 __all__ = [
     "EPISODE_SUFFIX",
@@ -39,6 +41,7 @@ __all__ = [
     "episode_index",
     "map_episode",
     "read_episode_header",
+    "verify_episode_file",
     "write_episode_file",
 ]
 
@@ -50,7 +53,7 @@ _EPISODE_RE = re.compile(r"^ep_(\d{6,})\.safetensors$")
 # dreamlab.io.atomic_path names temp files ".{target}.<random>.tmp{suffix}".
 _TEMP_RE = re.compile(r"^\.ep_\d{6,}\.safetensors\..*\.tmp.*$")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
-_RESERVED_INFO = ("dreamlab_format", "env_id", "index", "num_steps")
+_RESERVED_INFO = ("dreamlab_format", "env_id", "index", "num_steps", "crc32")
 
 
 @dataclass(frozen=True)
@@ -229,9 +232,49 @@ def write_episode_file(
         env_id=env_id,
         index=str(index),
         num_steps=str(num_steps),
+        crc32=json.dumps({name: _crc32(arr) for name, arr in sorted(arrays.items())}),
     )
-    with atomic_path(path) as tmp:
-        save_file(dict(arrays), str(tmp), metadata=meta)
+    atomic_write_bytes(path, safetensors_bytes(dict(arrays), metadata=meta))
+
+
+def _crc32(arr: np.ndarray | memoryview) -> int:
+    return zlib.crc32(arr if isinstance(arr, memoryview) else memoryview(arr).cast("B"))
+
+
+def verify_episode_file(header: EpisodeHeader) -> None:
+    """Check every array of the file against the CRC-32 its header recorded (files written
+    before checksums were recorded pass unchecked).
+
+    Raises:
+        StoreError: naming the file and the damaged array.
+    """
+    raw = header.info.get("crc32")
+    if raw is None:
+        return
+    try:
+        expected = {str(k): int(v) for k, v in json.loads(raw).items()}
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        raise StoreError(
+            f"{header.path}: corrupt episode file (bad crc32 record {raw!r})"
+        ) from None
+    try:
+        with open(header.path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{header.path}: cannot read episode file ({e})") from None
+    with mm:
+        view = memoryview(mm)
+        try:
+            for name, entry in header.entries.items():
+                got = _crc32(view[entry.offset : entry.offset + entry.nbytes])
+                if name in expected and got != expected[name]:
+                    raise StoreError(
+                        f"{header.path}: array {name!r} fails its checksum (recorded crc32 "
+                        f"{expected[name]}, read {got}): the file was damaged after it was "
+                        "written; restore it, or delete it and collect it again"
+                    )
+        finally:
+            view.release()
 
 
 def map_episode(header: EpisodeHeader) -> dict[str, np.ndarray]:

@@ -17,9 +17,10 @@ from typing import Any
 import cma
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_bytes
 
-from dreamlab.io import atomic_path
+from dreamlab.io import Commit, atomic_write_bytes
 
 __all__ = ["SeededRandn", "is_diagonal", "load_cma_state", "new_strategy", "save_cma_state"]
 
@@ -94,8 +95,10 @@ def save_cma_state(
     *,
     extra_arrays: dict[str, np.ndarray] | None = None,
     extra_meta: dict[str, Any] | None = None,
+    commit: Commit | None = None,
 ) -> None:
-    """Write the full CMA-ES state (+ extras) to one safetensors file, atomically.
+    """Write the full CMA-ES state (+ extras) to one safetensors file, atomically (or staged in
+    ``commit``, a unit of :func:`dreamlab.io.commit_files`).
 
     Arrays go in as tensors (``cma.<path>.<field>``); numbers, numeric lists, array aliases,
     memory order and the sampler's RNG state go in the JSON header, so the one rename that
@@ -145,8 +148,11 @@ def save_cma_state(
         "dim": int(es.N),
         "extra": extra_meta or {},
     }
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(arrays, str(tmp), metadata={"dreamlab_cma_state": json.dumps(header)})
+    data = safetensors_bytes(arrays, metadata={"dreamlab_cma_state": json.dumps(header)})
+    if commit is not None:
+        commit.write_bytes(path, data)
+    else:
+        atomic_write_bytes(path, data)
 
 
 def load_cma_state(

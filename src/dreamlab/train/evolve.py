@@ -25,7 +25,6 @@ Files in ``out_dir`` (the run's ``controller/`` directory)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -35,10 +34,19 @@ from typing import Any, Literal
 
 import cma
 import numpy as np
-from safetensors.torch import save_file as save_torch_file
 
-from dreamlab.checkpoint import save_model
-from dreamlab.io import append_jsonl, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
+from dreamlab.checkpoint import CheckpointError, save_model, write_safetensors
+from dreamlab.io import (
+    Commit,
+    append_jsonl,
+    atomic_write_json,
+    commit_files,
+    read_json,
+    read_jsonl,
+    settle,
+    sweep_temp_files,
+    truncate_jsonl,
+)
 from dreamlab.models.controller import Controller
 from dreamlab.progress import tqdm
 from dreamlab.train.cma_state import is_diagonal, load_cma_state, new_strategy, save_cma_state
@@ -46,7 +54,14 @@ from dreamlab.train.dream_evaluator import DreamEvaluator
 from dreamlab.train.evaluators import Evaluator, ProcessEvaluator, RayEvaluator, RolloutFn
 from dreamlab.worldmodel import StartLatents, WorldModel
 
-__all__ = ["EvolveConfig", "EvolveResult", "evolve", "make_evaluator"]
+__all__ = [
+    "EVOLVE_RESUME_FREE",
+    "EvolveConfig",
+    "EvolveResult",
+    "check_evolve_resume",
+    "evolve",
+    "make_evaluator",
+]
 
 STATE_FILE = "cma_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -178,23 +193,67 @@ class EvolveResult:
 
 
 # ---------------------------------------------------------------------------------- evolve
+EVOLVE_RESUME_FREE = (
+    "generations",
+    "restarts",
+    "restart_generations",
+    "workers",
+    "ray_address",
+    "real_eval_every",
+    "real_eval_episodes",
+    "real_eval_backend",
+    "tensorboard",
+    "progress",
+)
+"""EvolveConfig fields a resumed CMA-ES run may change: how long it runs, where real checks run
+and what it shows. The others (population, temperature, sigma0, seed, dream length...) shape
+the generations already run."""
+
+
+def check_evolve_resume(out_dir: str | Path, cfg: EvolveConfig) -> None:
+    """Raise unless the CMA-ES run in ``out_dir`` (if any) can be resumed with ``cfg``.
+
+    Raises:
+        CheckpointError: naming each differing setting with both values; nothing is written.
+    """
+    out = Path(out_dir)
+    settle(out)
+    if not (out / STATE_FILE).exists() or not (out / "evolve.json").exists():
+        return
+    saved = read_json(out / "evolve.json", "CMA-ES settings").get("config")
+    if not isinstance(saved, dict):
+        return
+    given = dataclasses.asdict(cfg)
+    if saved.get("population_size", cfg.population_size) != cfg.population_size:
+        raise CheckpointError(
+            f"{out}: checkpoint has population {saved['population_size']}, this run needs "
+            f"population {cfg.population_size}; use a new directory or matching settings"
+        )
+    if saved.get("cma_diagonal", cfg.cma_diagonal) != cfg.cma_diagonal:
+        raise CheckpointError(
+            f"{out}: checkpoint was made with cma_diagonal={saved['cma_diagonal']}, this run has "
+            f"cma_diagonal={cfg.cma_diagonal}; use a new directory or matching settings"
+        )
+    diff = [
+        f"{k}={saved[k]!r} (asked: {given[k]!r})"
+        for k in sorted(given)
+        if k in saved and k not in EVOLVE_RESUME_FREE and saved[k] != given[k]
+    ]
+    if diff:
+        raise CheckpointError(
+            f"{out}: this CMA-ES run was started with {', '.join(diff)}; such settings cannot "
+            "change halfway through a run, so nothing was changed: give the same settings to "
+            f"resume (more --generations may be asked), or delete {out} to start again"
+        )
+
+
 def _generation_seed(seed: int, generation: int, purpose: int = 0) -> int:
     return int(np.random.SeedSequence([seed, generation, purpose]).generate_state(1)[0])
 
 
-def _save_params(path: Path, controller: Controller, params: np.ndarray) -> None:
+def _save_params(path: Path, controller: Controller, params: np.ndarray, commit: Commit) -> None:
     controller.set_flat_params(params)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in controller.state_dict().items()}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_torch_file(tensors, str(tmp))
-
-
-def _truncate_metrics(path: Path, generation: int) -> None:
-    """Drop metric lines of generations after the checkpoint (they will be run again)."""
-    records = read_jsonl(path)
-    kept = [r for r in records if int(r.get("generation", 0)) <= generation]
-    if len(kept) != len(records):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    write_safetensors(path, controller.state_dict(), commit=commit)
 
 
 def evolve(
@@ -228,6 +287,8 @@ def evolve(
     metrics_path = out / METRICS_FILE
     work = Controller(controller.config)  # scratch copy for writing weight files
 
+    sweep_temp_files(out)  # what a killed save left; finishes a half-moved checkpoint
+    check_evolve_resume(out, cfg)
     if state_path.exists():
         es, extra, meta = load_cma_state(state_path)
         if int(es.N) != dim or int(es.popsize) != cfg.population_size:
@@ -246,7 +307,7 @@ def evolve(
         selected = extra["selected_params"]
         best_return = float(meta["best_return"])
         best_eval = meta.get("best_eval_return")
-        _truncate_metrics(metrics_path, start_gen)
+        truncate_jsonl(metrics_path, "generation", start_gen)
     else:
         if cfg.x0 == "current":
             x0 = controller.get_flat_params().double().numpy()
@@ -408,20 +469,23 @@ def _checkpoint(
     best_return: float,
     best_eval: float | None,
 ) -> None:
-    save_cma_state(
-        out / STATE_FILE,
-        es,
-        extra_arrays={"best_params": best_params, "selected_params": selected},
-        extra_meta={
-            "generation": generation,
-            "best_return": best_return,
-            "best_eval_return": best_eval,
-        },
-    )
-    _save_params(out / "best.safetensors", work, best_params)
-    _save_params(out / "mean.safetensors", work, np.asarray(es.mean))
-    work.set_flat_params(selected)
-    save_model(out, work, kind="controller", step=generation)
+    # one unit: the strategy and the weights it selected change together
+    with commit_files(out) as commit:
+        save_cma_state(
+            out / STATE_FILE,
+            es,
+            extra_arrays={"best_params": best_params, "selected_params": selected},
+            extra_meta={
+                "generation": generation,
+                "best_return": best_return,
+                "best_eval_return": best_eval,
+            },
+            commit=commit,
+        )
+        _save_params(out / "best.safetensors", work, best_params, commit)
+        _save_params(out / "mean.safetensors", work, np.asarray(es.mean), commit)
+        work.set_flat_params(selected)
+        save_model(out, work, kind="controller", step=generation, commit=commit)
 
 
 # ---------------------------------------------------------------------------------- backends

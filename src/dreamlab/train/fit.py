@@ -3,8 +3,12 @@
 Any ``nn.Module`` with ``compute_loss(batch) -> (loss, metrics)`` and a registered kind (see
 :mod:`dreamlab.checkpoint`) trains here: AdamW, gradient clipping, a progress bar, metrics as
 JSON lines + TensorBoard, periodic checkpoints that a killed run resumes from, and a hard stop
-on a non-finite loss that never overwrites the last good checkpoint. The batch sources that
-resume with it are in :mod:`dreamlab.train.batches`.
+on a non-finite loss that never overwrites the last good checkpoint. A checkpoint (weights,
+config, optimizer and RNG state, ``trainer.json``) is one unit of
+:func:`dreamlab.io.commit_files`: a kill or a full disk at any byte of a save leaves the last
+complete one, and the rerun resumes from it. Settings that shape the numbers (learning rate,
+batch size, seed...) cannot change on a resumed stage: :func:`check_resume` refuses them by
+name. The batch sources that resume with it are in :mod:`dreamlab.train.batches`.
 
 Every call says in one line what it did: that it resumed (and from which step), that the stage
 was already trained (nothing to do), or how many steps it trained, to where.
@@ -17,7 +21,6 @@ The stage directory (``runs/NAME/vae``) ends up holding::
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -46,19 +49,22 @@ from dreamlab.checkpoint import (
 from dreamlab.io import (
     DreamlabError,
     append_jsonl,
-    atomic_write_json,
-    atomic_write_text,
+    commit_files,
     read_json,
     read_jsonl,
+    sweep_temp_files,
+    truncate_jsonl,
 )
 from dreamlab.progress import tqdm
 from dreamlab.train.batches import Batch
 from dreamlab.viz import plot_curves
 
 __all__ = [
+    "RESUME_FREE",
     "FitResult",
     "TrainConfig",
     "TrainingDivergedError",
+    "check_resume",
     "fit",
 ]
 
@@ -67,6 +73,19 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
 Batches = Iterable[Batch] | Callable[[int], Iterator[Batch]]
+
+RESUME_FREE = (
+    "epochs",
+    "steps",
+    "log_every",
+    "checkpoint_every",
+    "device",
+    "num_threads",
+    "progress",
+    "tensorboard",
+)
+"""TrainConfig fields a resumed stage may change: how long it trains, how often it logs and
+saves, where and how it shows progress. The others shape the numbers of the steps already taken."""
 
 
 @dataclass
@@ -219,10 +238,14 @@ def _set_rng_state(extra: dict[str, torch.Tensor], device: torch.device) -> None
         torch.cuda.set_rng_state(extra["torch_cuda"].to(torch.uint8), device)
 
 
-def _try_resume(
-    model: nn.Module, optimizer: torch.optim.Optimizer, out_dir: Path, device: torch.device
-) -> tuple[int, float]:
-    """Load the checkpoint in ``out_dir`` if there is one; return ``(step, elapsed seconds)``."""
+def _trainer_state(out_dir: Path) -> dict[str, Any] | None:
+    """``trainer.json`` of the checkpoint in ``out_dir`` (``None``: nothing to resume).
+
+    Raises:
+        CheckpointError: a model without a trainer state (not made by :func:`fit`), or a corrupt
+            trainer state.
+    """
+    sweep_temp_files(out_dir)  # what a killed save left; finishes a half-moved checkpoint
     trainer_path = out_dir / TRAINER_FILE
     if not trainer_path.exists():
         if (out_dir / MODEL_FILE).exists() or (out_dir / CONFIG_FILE).exists():
@@ -230,20 +253,71 @@ def _try_resume(
                 f"{out_dir}: holds a model but no {TRAINER_FILE}, so it cannot be resumed; "
                 "refusing to overwrite it (use another directory or delete it)"
             )
-        return 0, 0.0
+        return None
     try:
         state = read_json(trainer_path, what="trainer state")
-        step = int(state["step"])
+        int(state["step"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{trainer_path}: corrupt trainer state ({e})") from None
-    _, saved_config = read_config(out_dir)
-    config: Any = model.config
-    if asdict(saved_config) != asdict(config):
-        raise CheckpointError(
-            f"{out_dir / CONFIG_FILE}: the checkpoint was trained with config "
-            f"{asdict(saved_config)}, but the model has {asdict(config)}; "
-            "use another directory to train a different model"
-        )
+    return dict(state)
+
+
+def check_resume(out_dir: str | Path, cfg: TrainConfig, model_config: Any | None = None) -> None:
+    """Raise unless the checkpoint in ``out_dir`` (if any) can be resumed with ``cfg`` and a model
+    of ``model_config``: a setting outside :data:`RESUME_FREE`, or the model's architecture,
+    may not change halfway through a training. Commands call it before they record new settings,
+    so a refused command changes nothing.
+
+    Raises:
+        CheckpointError: naming each differing setting with both values.
+    """
+    out = Path(out_dir)
+    state = _trainer_state(out)
+    if state is None:
+        return
+    saved = state.get("train_config")
+    given = asdict(cfg)
+    if isinstance(saved, dict):
+        diff = [
+            f"{k}={saved.get(k)!r} (asked: {given.get(k)!r})"
+            for k in sorted(set(saved) | set(given))
+            if k not in RESUME_FREE and saved.get(k) != given.get(k)
+        ]
+        if diff:
+            raise CheckpointError(
+                f"{out}: this stage was trained up to step {state['step']} with "
+                f"{', '.join(diff)}; such settings cannot change halfway through a training, so "
+                "nothing was changed: give the same settings to resume, or delete "
+                f"{out} to train again with the new ones"
+            )
+    if model_config is not None:
+        _, saved_config = read_config(out)
+        old, new = asdict(saved_config), asdict(model_config)
+        if old != new:
+            changed = ", ".join(
+                f"{k} {old.get(k)!r} (asked: {new[k]!r})"
+                for k in sorted(new)
+                if old.get(k) != new[k]
+            )
+            raise CheckpointError(
+                f"{out / CONFIG_FILE}: the checkpoint was trained with config {changed}; use "
+                "another directory to train a different model, or delete this one"
+            )
+
+
+def _try_resume(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    out_dir: Path,
+    device: torch.device,
+    cfg: TrainConfig,
+) -> tuple[int, float]:
+    """Load the checkpoint in ``out_dir`` if there is one; return ``(step, elapsed seconds)``."""
+    state = _trainer_state(out_dir)
+    if state is None:
+        return 0, 0.0
+    check_resume(out_dir, cfg, model.config)
+    step = int(state["step"])
     steps = {"trainer.json": step, MODEL_FILE: weights_step(out_dir)}
     steps["optimizer.safetensors"] = optimizer_step(out_dir)
     if len(set(steps.values())) != 1:
@@ -256,14 +330,6 @@ def _try_resume(
     _, extra = load_optimizer(out_dir, optimizer)
     _set_rng_state(extra, device)
     return step, float(state.get("seconds", 0.0))
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric records logged after ``step`` (by a run killed after its last checkpoint)."""
-    records = read_jsonl(path)
-    kept = [r for r in records if r.get("step", 0) <= step]
-    if len(kept) != len(records):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def fit(
@@ -321,11 +387,12 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    start_step, prior_seconds = _try_resume(model, optimizer, out_dir, device)
+    start_step, prior_seconds = _try_resume(model, optimizer, out_dir, device, cfg)
     metrics_path = out_dir / METRICS_FILE
     last_logged: dict[str, float] = {}
+    # records past the checkpoint (all of them on a fresh start) are logged again
+    truncate_jsonl(metrics_path, "step", start_step)
     if start_step:
-        _truncate_metrics(metrics_path, start_step)
         previous = [r for r in read_jsonl(metrics_path) if r.get("step") == start_step]
         if previous:
             last_logged = {k: v for k, v in previous[-1].items() if k not in ("step", "time")}
@@ -357,21 +424,22 @@ def fit(
                 raise TrainingDivergedError(
                     stage, step, f"parameter {name!r}", last_logged, out_dir
                 )
-        # trainer.json goes last: it is what marks the checkpoint as complete.
-        save_model(out_dir, model, model.config, kind, step=step)
-        save_optimizer(out_dir, optimizer, step=step, extra=_rng_state(device))
-        atomic_write_json(
-            out_dir / TRAINER_FILE,
-            {
-                "stage": stage,
-                "kind": kind,
-                "step": step,
-                "total_steps": total_steps,
-                "seconds": seconds,
-                "train_config": asdict(cfg),
-                "metrics": last_logged,
-            },
-        )
+        # one unit: weights, config, optimizer + RNG state and trainer.json change together
+        with commit_files(out_dir) as commit:
+            save_model(out_dir, model, model.config, kind, step=step, commit=commit)
+            save_optimizer(out_dir, optimizer, step=step, extra=_rng_state(device), commit=commit)
+            commit.write_json(
+                out_dir / TRAINER_FILE,
+                {
+                    "stage": stage,
+                    "kind": kind,
+                    "step": step,
+                    "total_steps": total_steps,
+                    "seconds": seconds,
+                    "train_config": asdict(cfg),
+                    "metrics": last_logged,
+                },
+            )
 
     stream = _batch_stream(batches, start_step)
     window: dict[str, float] = {}

@@ -15,7 +15,8 @@ Training (:func:`train_in_dream`), in rounds:
 
 Features (the world model's ``features``, pooled frames in [0, 1]) are stored as uint8.
 
-Files in ``out_dir`` (resumable; ``trainer.json`` is written last and marks a complete round)::
+Files in ``out_dir`` (resumable; each round's files are written as one unit of
+:func:`dreamlab.io.commit_files`, so a kill leaves the last complete round)::
 
     config.json, model.safetensors   the Q-network (dreamlab.checkpoint, kind "qnet")
     target.safetensors               the target network
@@ -30,7 +31,6 @@ afresh from the start bank).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dreamlab.agent import predict_inputs
 from dreamlab.checkpoint import (
@@ -51,16 +51,17 @@ from dreamlab.checkpoint import (
     register_model,
     save_model,
     save_optimizer,
+    write_safetensors,
 )
 from dreamlab.dream import DreamVecEnv
 from dreamlab.generations.diffusion.worldmodel import DiffusionWorldModel
 from dreamlab.io import (
+    Commit,
     append_jsonl,
-    atomic_path,
-    atomic_write_json,
-    atomic_write_text,
+    commit_files,
     read_json,
-    read_jsonl,
+    sweep_temp_files,
+    truncate_jsonl,
 )
 from dreamlab.models.qnet import QNet, QNetConfig
 from dreamlab.progress import tqdm
@@ -157,11 +158,8 @@ def _replay_path(out: Path, round_: int) -> Path:
     return out / "replay" / f"round_{round_:06d}.safetensors"
 
 
-def _save_round(out: Path, round_: int, arrays: dict[str, torch.Tensor]) -> None:
-    path = _replay_path(out, round_)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in arrays.items()}, str(tmp))
+def _save_round(out: Path, round_: int, arrays: dict[str, torch.Tensor], commit: Commit) -> None:
+    write_safetensors(_replay_path(out, round_), arrays, commit=commit)
 
 
 def train_in_dream(
@@ -198,6 +196,7 @@ def train_in_dream(
     done_rounds, updates, transitions, seconds, dream_seconds = 0, 0, 0, 0.0, 0.0
     metrics: dict[str, float] = {}
     trainer_path = out / TRAINER_FILE
+    sweep_temp_files(out)  # what a killed save left; finishes a half-moved checkpoint
     if trainer_path.exists():
         state = read_json(trainer_path, "agent trainer state")
         saved = {k: v for k, v in dict(state.get("config", {})).items() if k not in _FREE_KEYS}
@@ -214,13 +213,10 @@ def train_in_dream(
         load_weights(qnet, out)
         target.load_state_dict(load_file(str(out / "target.safetensors"), device=str(dev)))
         load_optimizer(out, opt)
-        records = read_jsonl(out / "metrics.jsonl")
-        if any(r.get("round", 0) > done_rounds for r in records):
-            kept = [r for r in records if r.get("round", 0) <= done_rounds]
-            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
     else:
         target.load_state_dict(qnet.state_dict())
     target.requires_grad_(False)
+    truncate_jsonl(out / "metrics.jsonl", "round", done_rounds)  # what it will log again
 
     replay: list[dict[str, torch.Tensor]] = []
     for past in range(max(0, done_rounds - cfg.replay_rounds), done_rounds):
@@ -273,7 +269,6 @@ def train_in_dream(
             dream_time = time.perf_counter() - t0
             replay.append(batch)
             replay = replay[-cfg.replay_rounds :]
-            _save_round(out, round_, batch)
 
             pool = {k: torch.cat([b[k] for b in replay]) for k in batch}
             size = pool["action"].shape[0]
@@ -316,26 +311,23 @@ def train_in_dream(
             append_jsonl(
                 out / "metrics.jsonl", {"round": round_ + 1, "updates": updates, **metrics}
             )
-            # trainer.json last: it marks the round as complete.
-            save_model(out, qnet, qcfg, "qnet", step=round_ + 1)
-            with atomic_path(out / "target.safetensors", suffix=".safetensors") as tmp:
-                save_file(
-                    {k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()},
-                    str(tmp),
+            with commit_files(out) as commit:  # the round's files as one unit
+                _save_round(out, round_, batch, commit)
+                save_model(out, qnet, qcfg, "qnet", step=round_ + 1, commit=commit)
+                write_safetensors(out / "target.safetensors", target.state_dict(), commit=commit)
+                save_optimizer(out, opt, step=round_ + 1, commit=commit)
+                commit.write_json(
+                    trainer_path,
+                    {
+                        "rounds": round_ + 1,
+                        "updates": updates,
+                        "transitions": transitions,
+                        "seconds": seconds,
+                        "dream_seconds": dream_seconds,
+                        "config": asdict(cfg),
+                        "metrics": metrics,
+                    },
                 )
-            save_optimizer(out, opt, step=round_ + 1)
-            atomic_write_json(
-                trainer_path,
-                {
-                    "rounds": round_ + 1,
-                    "updates": updates,
-                    "transitions": transitions,
-                    "seconds": seconds,
-                    "dream_seconds": dream_seconds,
-                    "config": asdict(cfg),
-                    "metrics": metrics,
-                },
-            )
             bar.update(1)
             bar.set_postfix(
                 eps=f"{eps:.2f}",

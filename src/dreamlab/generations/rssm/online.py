@@ -28,7 +28,6 @@ are kept; the episodes in flight are lost).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ import torch
 from dreamlab.data.rollout import EpisodeResult, play_episodes
 from dreamlab.generations.rssm.config import KIND, DreamerConfig, DreamerResult
 from dreamlab.generations.rssm.trainer import DreamerTrainer
-from dreamlab.io import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from dreamlab.io import append_jsonl, atomic_write_json, read_json, truncate_jsonl
 from dreamlab.progress import tqdm
 from dreamlab.rundir import RunError, check_same_settings, read_run_config, write_run_config
 
@@ -244,10 +243,9 @@ def _restore_metrics(tr: DreamerTrainer, resumed: bool) -> None:
     """Drop ``metrics.jsonl`` records past the checkpoint (all of them for a fresh start)."""
     path = tr.out / "metrics.jsonl"
     if resumed:
-        kept = [r for r in read_jsonl(path) if r.get("updates", 0) <= tr.updates]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-    elif path.exists():
-        path.unlink()
+        truncate_jsonl(path, "updates", tr.updates)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def train_dreamer(cfg: DreamerConfig, out_dir: str | Path) -> DreamerResult:

@@ -8,8 +8,8 @@ states), checkpoints, resumes and evaluates in the real env. The online loop
 drives it offline on a fixed store.
 
 Checkpoint files in ``OUT``: ``world_model/``, ``actor_critic/``, ``optimizer_{0,1,2}/`` (world
-model, actor, critic; the first also holds the RNG state) and ``trainer.json`` (written last: it
-marks a complete checkpoint).
+model, actor, critic; the first also holds the RNG state) and ``trainer.json``, all written as one
+unit (:func:`dreamlab.io.commit_files`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dreamlab.data.store import STORE_FILE, EpisodeStore
 from dreamlab.generations.rssm.agent import DreamerAgent
 from dreamlab.generations.rssm.config import DreamerConfig
 from dreamlab.generations.rssm.worldmodel import RSSMWorldModel
-from dreamlab.io import atomic_write_json, read_json
+from dreamlab.io import commit_files, read_json, sweep_temp_files
 from dreamlab.models.actor_critic import ActorCritic, ActorCriticConfig
 from dreamlab.models.rssm import RSSM
 from dreamlab.rundir import store_action_space
@@ -190,33 +190,36 @@ class DreamerTrainer:
         return [self.model_opt, self.imag.actor_opt, self.imag.critic_opt]
 
     def save(self) -> None:
-        """Checkpoint everything; trainer.json last marks it complete."""
+        """Checkpoint everything, as one unit of :func:`dreamlab.io.commit_files`."""
         for name, p in [*self.rssm.named_parameters(), *self.ac.named_parameters()]:
             if not torch.isfinite(p).all():
                 raise TrainingDivergedError("dreamer", self.updates, f"parameter {name!r}", {})
-        save_model(self.out / "world_model", self.rssm, step=self.updates)
-        save_model(self.out / "actor_critic", self.ac, step=self.updates)
-        for i, opt in enumerate(self._optimizers()):
-            save_optimizer(
-                self.out / f"optimizer_{i}",
-                opt,
-                step=self.updates,
-                extra=_rng_tensors(self.rng) if i == 0 else None,
+        with commit_files(self.out) as commit:  # every file of the checkpoint as one unit
+            save_model(self.out / "world_model", self.rssm, step=self.updates, commit=commit)
+            save_model(self.out / "actor_critic", self.ac, step=self.updates, commit=commit)
+            for i, opt in enumerate(self._optimizers()):
+                save_optimizer(
+                    self.out / f"optimizer_{i}",
+                    opt,
+                    step=self.updates,
+                    extra=_rng_tensors(self.rng) if i == 0 else None,
+                    commit=commit,
+                )
+            commit.write_json(
+                self.out / TRAINER_FILE,
+                {
+                    "env_steps": self.env_steps,
+                    "updates": self.updates,
+                    "episodes": self.episodes,
+                    "seconds": self.seconds,
+                    "evals": self.evals,
+                },
             )
-        atomic_write_json(
-            self.out / TRAINER_FILE,
-            {
-                "env_steps": self.env_steps,
-                "updates": self.updates,
-                "episodes": self.episodes,
-                "seconds": self.seconds,
-                "evals": self.evals,
-            },
-        )
 
     def try_resume(self) -> bool:
         """Load the last checkpoint if there is one."""
         path = self.out / TRAINER_FILE
+        sweep_temp_files(self.out)  # what a killed save left; finishes a half-moved checkpoint
         for ep_i in self.store.indices:
             self.replay.add(self.store.episode(ep_i))
         if not path.exists():

@@ -4,7 +4,7 @@ Training is the shared actor-critic of :mod:`dreamlab.train.imagination`
 (:meth:`~dreamlab.train.imagination.ImaginationTrainer.update_world_model` on dreams begun from
 real frames); this module adds the token run's settings and its resumable checkpoint in
 ``RUN/agent/`` (``model.safetensors``, ``actor_optimizer/``, ``critic_optimizer/``,
-``trainer.json`` written last).
+``trainer.json``, written as one unit of :func:`dreamlab.io.commit_files`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dreamlab.checkpoint import (
 )
 from dreamlab.generations.tokens.config import TokenRunConfig
 from dreamlab.generations.tokens.worldmodel import TokenWorldModel
-from dreamlab.io import atomic_write_json, read_json
+from dreamlab.io import commit_files, read_json, sweep_temp_files
 from dreamlab.models.actor_critic import ActorCritic, ActorCriticConfig
 from dreamlab.progress import tqdm
 from dreamlab.train.imagination import ImaginationConfig, ImaginationTrainer
@@ -83,6 +83,7 @@ def _resume(
     """The trainer (fresh, or restored from ``out_dir``), its update count and wall seconds (a
     finished agent, ``updates`` reached, needs no optimizer state)."""
     trainer_file = out_dir / "trainer.json"
+    sweep_temp_files(out_dir)  # what a killed save left; finishes a half-moved checkpoint
     if not trainer_file.exists():
         return ImaginationTrainer(ac, icfg), 0, 0.0
     state = read_json(trainer_file, "agent trainer state")
@@ -150,11 +151,12 @@ def train_agent(
         bar.set_postfix(ret=f"{metrics['return']:.3f}")
         if u % cfg.checkpoint_every == 0 or u == cfg.agent_updates:
             now = seconds + time.perf_counter() - t0
-            save_model(out_dir, trainer.ac, step=u)
-            for name, opt in trainer.optimizers.items():
-                save_optimizer(_optimizer_dir(out_dir, name), opt, step=u)
-            atomic_write_json(
-                out_dir / "trainer.json", {"step": u, "seconds": now, "metrics": metrics}
-            )
+            with commit_files(out_dir) as commit:  # every file of the checkpoint as one unit
+                save_model(out_dir, trainer.ac, step=u, commit=commit)
+                for name, opt in trainer.optimizers.items():
+                    save_optimizer(_optimizer_dir(out_dir, name), opt, step=u, commit=commit)
+                commit.write_json(
+                    out_dir / "trainer.json", {"step": u, "seconds": now, "metrics": metrics}
+                )
     bar.close()
     return trainer.ac, seconds + time.perf_counter() - t0
