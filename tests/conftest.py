@@ -60,6 +60,16 @@ def _seeded_rngs() -> None:
     torch.manual_seed(seed)
 
 
+@pytest.fixture(autouse=True)
+def _no_env_code_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consent to import an env's module named by a file (dreamlab.envs.trust) lives in the
+    environment; each test starts without it and gives it where it needs it."""
+    from dreamlab.envs.trust import TRUST_ALL_ENV, TRUSTED_ENV
+
+    monkeypatch.delenv(TRUSTED_ENV, raising=False)
+    monkeypatch.delenv(TRUST_ALL_ENV, raising=False)
+
+
 @pytest.fixture(scope="session")
 def seed() -> int:
     """Seed of the learning tests: ``$DREAMLAB_TEST_SEED`` (default 0)."""

@@ -198,6 +198,7 @@ def test_garbage_and_closed_connections_never_crash(server: PlayServer) -> None:
         json.dumps({"type": "pause", "on": "yes"}),
         "[" * 3000,
         b"\x00\xff binary",
+        json.dumps({"type": "keys", "keys": ["ArrowLeft"] * 600}),  # 8 KB: an error reply
     ]
     with connect(ws_url(server)) as ws:
         json.loads(ws.recv(timeout=10))
@@ -212,6 +213,13 @@ def test_garbage_and_closed_connections_never_crash(server: PlayServer) -> None:
                 errors += 1
         assert errors == len(garbage)
         next_frame(ws)  # still streaming
+    with connect(ws_url(server)) as ws:  # 100 KB: closed before it is read (1009)
+        json.loads(ws.recv(timeout=10))
+        ws.send("x" * 100_000)
+        with pytest.raises(Exception) as closed:
+            while True:
+                ws.recv(timeout=10)
+        assert "1009" in str(closed.value)
     # abrupt closes: mid-stream, and before the handshake finishes
     for _ in range(3):
         with contextlib.suppress(Exception), connect(ws_url(server)) as ws:

@@ -5,12 +5,18 @@ Every subcommand ends the same way on bad input: one ``dreamlab: error: ...`` li
 file or setting at fault, no traceback, and a non-zero exit code (2 for a dreamlab error or an
 unusable file, 3 for a diverged training, 130 for Ctrl-C). Saved files are written atomically, so
 none is left half-written; running the same command again resumes.
+
+A command that writes a run directory holds its lock (:mod:`dreamlab.lock`) while it works, so a
+second writer stops with one line naming the first. ``--trust-env-code`` (anywhere on the line)
+lets a run's ``config.json`` name an env whose module is then imported
+(:mod:`dreamlab.envs.trust`); an env given with ``--env`` is trusted as it is typed.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ from dreamlab.commands import dream, evaluate, report, run_pipeline
 from dreamlab.compare_models import CompareModelsArgs, compare_models
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.video_io import VideoImportConfig, import_command
+from dreamlab.envs.trust import trust_env_code
 from dreamlab.generations.args import DreamArgs, EvaluateArgs, PipelineConfig, ReportArgs
 from dreamlab.generations.diffusion.pipeline import train_diffusion_cmd
 from dreamlab.generations.diffusion.train import TrainDiffusionConfig
@@ -47,6 +54,7 @@ from dreamlab.generations.vmc.uncertainty import (
     train_ensemble_cmd,
 )
 from dreamlab.io import DreamlabError
+from dreamlab.lock import run_lock
 from dreamlab.play.export import ExportVideoArgs, export_video
 from dreamlab.play.server import PlayArgs, play
 from dreamlab.train.fit import TrainingDivergedError
@@ -117,17 +125,41 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], Any]]] = {
 }
 
 
+READ_ONLY = ("play", "export-minari", "export-video")
+"""commands that write no run directory (export-video writes its own videos/ folder), so they
+take no lock and may run beside a writer"""
+
+TRUST_FLAG = "--trust-env-code"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamlab`` console script."""
-    args = tyro.extras.subcommand_cli_from_dict(
-        {name: cls for name, (cls, _) in COMMANDS.items()},
-        args=argv,
-        prog="dreamlab",
-        description="World models: learn a model of the world from pixels, act in its dream.",
-    )
-    fn = next(fn for cls, fn in COMMANDS.values() if type(args) is cls)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trust = TRUST_FLAG in argv
+    argv = [a for a in argv if a != TRUST_FLAG]
     try:
-        fn(args)
+        args = tyro.extras.subcommand_cli_from_dict(
+            {name: cls for name, (cls, _) in COMMANDS.items()},
+            args=argv,
+            prog="dreamlab",
+            description=(
+                "World models: learn a model of the world from pixels, act in its dream. "
+                f"{TRUST_FLAG} (with any command): let a run's config.json name an env whose "
+                "module is imported (runs its code)."
+            ),
+        )
+    except (DreamlabError, ValueError) as e:  # a value the command's dataclass refused
+        return _error(e, 2)
+    name, fn = next((n, fn) for n, (cls, fn) in COMMANDS.items() if type(args) is cls)
+    if trust:
+        trust_env_code()
+    env = getattr(args, "env", None)
+    if isinstance(env, str):  # typed on this command line: the user's own
+        trust_env_code(env)
+    target = None if name in READ_ONLY else getattr(args, "run", None) or getattr(args, "out", None)
+    try:
+        with run_lock(target) if target is not None else nullcontext():
+            fn(args)
     except TrainingDivergedError as e:
         # A NaN/inf loss or weight: one line; the last good checkpoint was kept.
         return _error(e, 3)

@@ -2,10 +2,11 @@
 
 ``RUN/config.json`` says which generation made the run and with what settings::
 
-    {"kind": "vmc", "config": {...}}
+    {"kind": "vmc", "format": 2, "config": {...}}
 
 ``kind`` is a key of the generation registry (:mod:`dreamlab.generations`); ``config`` is the
-generation's own config as JSON. Older run directories are still read: a V/M/C run wrote its
+generation's own config as JSON, every field of it (``format`` 2: a field missing from it is an
+error, see :mod:`dreamlab.typed`). Older run directories are still read: a V/M/C run wrote its
 ``RunConfig`` fields at the top level, the other generations ``{"kind": K, K: {...}}``
 (``"dreamer"`` for the RSSM). ``RUN/timings.json`` sums each stage's wall seconds over resumes;
 ``RUN/data/`` is the episode store, whose metadata holds the env's action space, so a stage never
@@ -21,11 +22,14 @@ from typing import Any, TypeVar
 
 from dreamlab.data.schema import space_from_description
 from dreamlab.data.store import STORE_FILE, EpisodeStore
+from dreamlab.envs.trust import check_env_trusted
 from dreamlab.io import DreamlabError, atomic_write_json, jsonable, read_json
+from dreamlab.typed import FullRecord
 
 __all__ = [
     "CONFIG_FILE",
     "LEGACY_KINDS",
+    "RUN_FORMAT",
     "TIMINGS_FILE",
     "RunError",
     "check_same_settings",
@@ -41,6 +45,8 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 TIMINGS_FILE = "timings.json"
+RUN_FORMAT = 2
+"""``format`` of the run configs this version writes: they record every field"""
 LEGACY_KINDS = {"dreamer": "rssm"}
 """kind names written by earlier versions -> the registry's"""
 
@@ -57,6 +63,8 @@ def read_run_config(path: str | Path) -> tuple[str, dict[str, Any]] | None:
 
     Raises:
         RunError: the file is not a run config (unreadable, or not a JSON object).
+        EnvTrustError: its env would import a module the user has not consented to
+            (:mod:`dreamlab.envs.trust`).
     """
     file = Path(path) / CONFIG_FILE
     if not file.is_file():
@@ -66,14 +74,27 @@ def read_run_config(path: str | Path) -> tuple[str, dict[str, Any]] | None:
         raise RunError(f"{file}: not a run config (expected a JSON object)")
     kind = data.get("kind")
     if kind is None:  # V/M/C runs wrote RunConfig's fields at the top level
+        _check_env(data, file)
         return "vmc", data
     if not isinstance(kind, str):
         raise RunError(f"{file}: 'kind' must be a string, got {kind!r}")
     if isinstance(data.get("config"), dict):
-        return LEGACY_KINDS.get(kind, kind), data["config"]
-    if isinstance(data.get(kind), dict):  # {"kind": K, K: {...}}
-        return LEGACY_KINDS.get(kind, kind), data[kind]
-    raise RunError(f"{file}: kind {kind!r} but no 'config' object")
+        config = data["config"]
+        if data.get("format") == RUN_FORMAT:
+            config = FullRecord(config)
+    elif isinstance(data.get(kind), dict):  # {"kind": K, K: {...}}
+        config = data[kind]
+    else:
+        raise RunError(f"{file}: kind {kind!r} but no 'config' object")
+    _check_env(config, file)
+    return LEGACY_KINDS.get(kind, kind), config
+
+
+def _check_env(config: Mapping[str, Any], file: Path) -> None:
+    """A run's env that would import a module needs the user's consent (envs.trust)."""
+    env = config.get("env")
+    if isinstance(env, str):
+        check_env_trusted(env, str(file))
 
 
 def run_kind(path: str | Path) -> str | None:
@@ -83,8 +104,11 @@ def run_kind(path: str | Path) -> str | None:
 
 
 def write_run_config(path: str | Path, kind: str, config: Mapping[str, Any]) -> None:
-    """Write ``RUN/config.json`` atomically as ``{"kind": kind, "config": config}``."""
-    atomic_write_json(Path(path) / CONFIG_FILE, {"kind": kind, "config": jsonable(dict(config))})
+    """Write ``RUN/config.json`` atomically as ``{"kind": kind, "format": 2, "config": config}``."""
+    atomic_write_json(
+        Path(path) / CONFIG_FILE,
+        {"kind": kind, "format": RUN_FORMAT, "config": jsonable(dict(config))},
+    )
 
 
 def check_same_settings(
@@ -120,13 +144,19 @@ def record_time(path: str | Path, stage: str, seconds: float) -> None:
 
 
 def timed(path: str | Path, stage: str, fn: Callable[[], T]) -> T:
-    """Run ``fn()`` and add its wall time to ``stage`` (also when it raises or is interrupted,
-    so a resumed stage's total counts every session)."""
+    """Run ``fn()`` and add its wall time to ``stage`` (also when it is interrupted or crashes,
+    so a resumed stage's total counts every session; not when it refused its input with a
+    :class:`~dreamlab.io.DreamlabError`, which leaves the run as it was)."""
     t0 = time.perf_counter()
+    refused = False
     try:
         return fn()
+    except DreamlabError:
+        refused = True
+        raise
     finally:
-        record_time(path, stage, time.perf_counter() - t0)
+        if not refused:
+            record_time(path, stage, time.perf_counter() - t0)
 
 
 def store_action_space(store: Any) -> Any:

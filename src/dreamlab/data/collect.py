@@ -32,6 +32,7 @@ import numpy as np
 
 from dreamlab.data.schema import StoreError, StoreMeta
 from dreamlab.data.store import EpisodeStore
+from dreamlab.io import SettingError
 
 
 @dataclass
@@ -60,6 +61,23 @@ class CollectConfig:
     """extra keyword arguments for the env constructor, merged over the preset's"""
     progress: bool = True
     """show a progress bar (the one-line summary at the end is printed either way)"""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.episodes <= MAX_EPISODES:
+            raise SettingError(
+                f"--episodes: expected 0 to {MAX_EPISODES:,} episodes, got {self.episodes}"
+            )
+        if self.seed < 0:
+            raise SettingError(f"--seed: expected an integer >= 0, got {self.seed}")
+        if self.workers is not None and self.workers < 0:
+            raise SettingError(f"--workers: expected >= 0 (0 = every CPU), got {self.workers}")
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise SettingError(f"--max-episode-steps: expected >= 1, got {self.max_episode_steps}")
+
+
+MAX_EPISODES = 1_000_000
+"""the most episodes one store may be asked for (the paper collected 10,000; a million 64x64
+episodes of 1,000 frames would be 12 TB)"""
 
 
 @dataclass
@@ -332,8 +350,6 @@ def collect(cfg: CollectConfig) -> CollectSummary:
     from dreamlab.envs.presets import preset_to_dict
 
     t0 = time.perf_counter()
-    if cfg.episodes < 0:
-        raise ValueError(f"CollectConfig.episodes must be >= 0, got {cfg.episodes}")
     preset = resolve_collect_preset(cfg)
     policy_name = _policy_name(cfg.policy, preset)
     if policy_name not in POLICY_NAMES:

@@ -35,6 +35,7 @@ from dreamlab.envs.presets import (
     preset_to_dict,
     resolve_preset,
 )
+from dreamlab.envs.trust import EnvTrustError, check_env_trusted, trust_env_code
 from dreamlab.envs.wrappers import (
     ActionRepeat,
     CropFrame,
@@ -57,6 +58,7 @@ __all__ = [
     "CropFrame",
     "EnvPreset",
     "EnvSpecError",
+    "EnvTrustError",
     "FrameObservation",
     "MissingExtraError",
     "NoisyPolicy",
@@ -65,6 +67,7 @@ __all__ = [
     "RandomPolicy",
     "ResizeFrame",
     "check_env_spaces",
+    "check_env_trusted",
     "get_preset",
     "locate_objects",
     "make_env",
@@ -73,6 +76,7 @@ __all__ = [
     "preset_to_dict",
     "register_envs",
     "resolve_preset",
+    "trust_env_code",
     "wrap_frames",
 ]
 
@@ -159,28 +163,69 @@ def _instantiate(
         call_kwargs = dict(kwargs)
         if render_mode is not None:
             call_kwargs["render_mode"] = render_mode
-        try:
-            env = factory(**call_kwargs)
-        except TypeError as e:
-            raise EnvSpecError(f"{env_id}: could not be constructed with {call_kwargs}: {e}") from e
+        env = _construct(env_id, factory, call_kwargs)
         if not isinstance(env, gym.Env):
             raise EnvSpecError(f"{env_id}: returned {type(env).__name__}, expected a gymnasium.Env")
         if preset.max_episode_steps is not None:
             env = TimeLimit(env, preset.max_episode_steps)
         return env
     try:
-        return gym.make(
-            env_id, render_mode=render_mode, max_episode_steps=preset.max_episode_steps, **kwargs
+        return _construct(
+            env_id,
+            gym.make,
+            {"render_mode": render_mode, "max_episode_steps": preset.max_episode_steps, **kwargs},
+            positional=env_id,
         )
     except gym.error.UnregisteredEnv as e:
         raise EnvSpecError(_unknown_id_message(env_id, str(e))) from None
-    except ModuleNotFoundError as e:
-        if ":" in env_id:
-            raise EnvSpecError(
-                f"{env_id}: could not import module {env_id.split(':')[0]!r} ({e.msg}); "
-                "expected 'pkg.module:ClassName' importable from sys.path"
-            ) from None
+
+
+def _construct(
+    env_id: str, factory: Any, kwargs: dict[str, Any], positional: str | None = None
+) -> Any:
+    """``factory(**kwargs)`` (``gym.make(positional, **kwargs)``), its failures as one
+    :class:`EnvSpecError` naming the env: a keyword its constructor does not take (with the ones
+    it does), or whatever the env's own code raised while it was made."""
+    args = () if positional is None else (positional,)
+    try:
+        return factory(*args, **kwargs)
+    except (EnvSpecError, gym.error.UnregisteredEnv, gym.error.NamespaceNotFound):
         raise
+    except gym.error.Error as e:
+        raise EnvSpecError(f"{env_id}: Gymnasium cannot make it ({e})") from None
+    except TypeError as e:
+        if "keyword argument" in str(e):
+            given = sorted(k for k in kwargs if k not in ("render_mode", "max_episode_steps"))
+            raise EnvSpecError(
+                f"{env_id}: could not be constructed: its constructor does not take the keyword "
+                f"arguments given ({e}); "
+                f"given: {given}{_accepted_keywords(env_id, factory)}"
+            ) from None
+        raise EnvSpecError(f"{env_id}: making the env raised TypeError: {e}") from None
+    except Exception as e:  # the env's own code failed: name it, without a traceback
+        raise EnvSpecError(
+            f"{env_id}: making the env raised {type(e).__name__}: {e}".rstrip(": ")
+        ) from None
+
+
+def _accepted_keywords(env_id: str, factory: Any) -> str:
+    """``"; it takes: [...]"`` for the env's constructor, where its signature can be read."""
+    target = factory
+    if factory is gym.make:
+        spec = gym.registry.get(env_id.partition(":")[2] or env_id)
+        if spec is None or not isinstance(spec.entry_point, str):
+            return ""
+        module, _, attr = spec.entry_point.partition(":")
+        try:
+            target = getattr(importlib.import_module(module), attr)
+        except Exception:
+            return ""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return ""
+    names = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return f"; it takes: {[n for n in names if n != 'self']}"
 
 
 def _user_factory(env_id: str) -> Any | None:
@@ -194,6 +239,15 @@ def _user_factory(env_id: str) -> Any | None:
         raise EnvSpecError(
             f"{env_id}: could not import module {module_name!r} ({e.msg}); expected "
             "'pkg.module:ClassName' with the module importable from sys.path"
+        ) from None
+    except SyntaxError as e:
+        raise EnvSpecError(
+            f"{env_id}: module {module_name!r} has a syntax error at {e.filename}:{e.lineno} "
+            f"({e.msg})"
+        ) from None
+    except Exception as e:  # the module's own code failed while it was imported
+        raise EnvSpecError(
+            f"{env_id}: importing module {module_name!r} raised {type(e).__name__}: {e}"
         ) from None
     obj = getattr(module, attr, None)
     if obj is None:

@@ -5,12 +5,14 @@ docstrings) and what :mod:`dreamlab.commands` hands to the run's :class:`~dreaml
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
 
+from dreamlab.io import SettingError
 from dreamlab.plan.mpc import PlannerConfig
 
 __all__ = ["DreamArgs", "EvaluateArgs", "PipelineConfig", "ReportArgs"]
@@ -50,6 +52,10 @@ class PipelineConfig:
     """seed of every stage, CMA-ES's included (default: the preset's, 0). Set when the run
     directory is created"""
 
+    def __post_init__(self) -> None:
+        if self.seed is not None and self.seed < 0:
+            raise SettingError(f"--seed: expected an integer >= 0, got {self.seed}")
+
 
 @dataclass
 class EvaluateArgs:
@@ -75,6 +81,14 @@ class EvaluateArgs:
     """planner only: run M's matmuls under bfloat16 autocast (~1.5x faster decisions on CPUs with
     bf16 support, same catch rate on Catch; BENCHMARKS.md)"""
 
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise SettingError(f"--episodes: expected >= 1 episode per agent, got {self.episodes}")
+        if self.pessimism is not None and not (
+            math.isfinite(self.pessimism) and self.pessimism >= 0
+        ):
+            raise SettingError(f"--pessimism: expected a finite number >= 0, got {self.pessimism}")
+
 
 @dataclass
 class DreamArgs:
@@ -97,6 +111,18 @@ class DreamArgs:
     """scenario words for a token run (train-tokens), e.g. "fast from-left" (docs/tokens.md)"""
     guidance: float = 3.0
     """classifier-free guidance scale of the prompt (token runs)"""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise SettingError(f"--steps: expected >= 1 dream step, got {self.steps}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise SettingError(
+                f"--temperature: expected a finite number >= 0, got {self.temperature}"
+            )
+        if not math.isfinite(self.guidance):
+            raise SettingError(f"--guidance: expected a finite number, got {self.guidance}")
+        if self.seed < 0:
+            raise SettingError(f"--seed: expected an integer >= 0, got {self.seed}")
 
 
 @dataclass

@@ -49,6 +49,9 @@ __all__ = ["PlayArgs", "PlayServer", "pack_tick", "play", "unpack_tick"]
 
 _ALLOWED_KEYS = frozenset(ARROWS) | frozenset(str(d) for d in range(10))
 _MAX_MESSAGE_BYTES = 4096
+"""longer client messages get an error reply (the stream goes on)"""
+_MAX_FRAME_BYTES = 65536
+"""longer ones close the connection (1009, message too big) before they are read into memory"""
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -344,7 +347,7 @@ class PlayServer:
             self.host,
             self.port,
             process_request=self._process_request,
-            max_size=_MAX_MESSAGE_BYTES,
+            max_size=_MAX_FRAME_BYTES,
             max_queue=64,
         )
         sockets = list(self._server.sockets)

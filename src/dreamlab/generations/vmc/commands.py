@@ -21,9 +21,20 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from dreamlab.data.store import EpisodeStore
-from dreamlab.generations.vmc.controller import stage_controller, vonly_evolve
+from dreamlab.generations.vmc.controller import (
+    check_controller_resume,
+    stage_controller,
+    vonly_evolve,
+)
 from dreamlab.generations.vmc.run import Run
-from dreamlab.generations.vmc.stages import stage_encode, stage_mdnrnn, stage_vae
+from dreamlab.generations.vmc.stages import (
+    mdnrnn_config,
+    stage_encode,
+    stage_mdnrnn,
+    stage_vae,
+    vae_config,
+)
+from dreamlab.train.fit import check_resume
 
 __all__ = [
     "EncodeArgs",
@@ -74,6 +85,8 @@ def train_vae(args: TrainVAEArgs) -> Any:
         cfg.vae_train, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr
     )
     cfg.vae = _override(cfg.vae, z_dim=args.z_dim, kl_tolerance=args.kl_tolerance)
+    # a V half trained with other settings refuses them before config.json records them
+    check_resume(run / "vae", cfg.vae_train, vae_config(run))
     run.save_config()
     return stage_vae(run)
 
@@ -123,6 +136,7 @@ def train_mdnrnn(args: TrainMDNRNNArgs) -> Any:
     cfg.mdnrnn = _override(cfg.mdnrnn, hidden_size=args.hidden_size, num_mixtures=args.num_mixtures)
     if args.seq_len is not None:
         cfg.seq_len = args.seq_len
+    check_resume(run.round_dir(0) / "mdnrnn", cfg.mdnrnn_train, mdnrnn_config(run))
     run.save_config()
     return stage_mdnrnn(run)
 
@@ -188,6 +202,8 @@ def train_controller(args: TrainControllerArgs) -> Any:
         workers=args.workers,
         backend=backend,
     )
+    name = args.name or ("controller_vonly" if args.vonly else "controller")
+    check_controller_resume(run, name, vonly_evolve(cfg) if args.vonly else cfg.evolve)
     if args.name is None:
         run.save_config()  # the run's own C: its settings are the run's from now on
     # a named C (e.g. the temperature table's controller_tau0.1) leaves the run's settings as

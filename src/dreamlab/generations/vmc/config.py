@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 
-from dreamlab.checkpoint import config_from_dict
+from dreamlab.checkpoint import CheckpointError, config_from_dict
 from dreamlab.models.mdnrnn import MDNRNNConfig
 from dreamlab.models.vae import VAEConfig
 from dreamlab.rundir import RunError
@@ -118,10 +118,11 @@ class RunConfig:
     """CMA-ES generations of the C's of rounds before the last (they only play to collect
     data), in one run without restarts; default: the controller's settings"""
     dream_precision: Literal["float32", "bfloat16", "auto"] = "float32"
-    """precision of M's matmuls in C's training dreams: 'auto' = bfloat16 on a GPU that has
-    it, and on a CPU whichever of the two steps the dream faster there (measured at the start
-    of each CMA-ES run; 1.6x faster on one CPU, 1.5x slower on another). C acts in reality
-    with a float32 M either way"""
+    """precision of M's matmuls in C's training dreams: 'auto' = bfloat16 where the hardware has
+    it natively (a GPU that supports it, a CPU with AVX512-BF16 or AMX), decided by the hardware
+    and kept beside C (never by a timing: the same command gives the same C under any load).
+    bfloat16 was 1.1-2.0x faster on some CPUs, 1.5x slower on one; C acts in reality with a
+    float32 M either way"""
     dream_device: str = "cpu"
     """torch device of C's training dreams ("cuda" on a GPU: the whole population's dreams run
     there as one batch)"""
@@ -153,24 +154,13 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "config.json") -> RunConfig:
-        """Settings from :meth:`to_json`'s dict; unknown fields are a :class:`RunError` naming
-        ``source``."""
-        nested = {
-            "vae": VAEConfig,
-            "vae_train": TrainConfig,
-            "mdnrnn": MDNRNNConfig,
-            "mdnrnn_train": TrainConfig,
-            "evolve": EvolveConfig,
-        }
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RunError(f"{source}: unknown fields {unknown}")
-        values = dict(data)
-        for name, klass in nested.items():
-            if name in values:
-                values[name] = config_from_dict(klass, values[name], f"{source}:{name}")
-        return cls(**values)
+        """Settings from :meth:`to_json`'s dict, every field's type checked; unknown fields (and
+        missing ones, in a file written by this version) are a :class:`RunError` naming
+        ``source`` and the field."""
+        try:
+            return config_from_dict(cls, data, source)
+        except CheckpointError as e:
+            raise RunError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------ presets
@@ -230,8 +220,9 @@ def _catch() -> RunConfig:
         iterate_episodes=200,
         iterate_noise=0.3,
         iterate_epochs=15.0,
-        # bfloat16 dreams where they are faster on this machine (measured; BENCHMARKS.md)
-        dream_precision="auto",
+        # float32 dreams on every machine, so the demo's numbers are the same everywhere
+        # (bfloat16 was 1.6x faster on one CPU, 1.5x slower on another; BENCHMARKS.md)
+        dream_precision="float32",
         eval_episodes=100,
         vonly_generations=50,
     )
@@ -411,7 +402,9 @@ def _doom() -> RunConfig:
         # a death is drawn from M's probability each step (the paper's Doom dream); M is trained
         # unweighted, so that probability is calibrated
         dream_termination="sample",
-        dream_precision="auto",
+        # float32 on every machine: the quoted C's were trained in float32 dreams (auto took
+        # bfloat16 on another CPU and gave 735 ± 454 there; BENCHMARKS.md)
+        dream_precision="float32",
         vonly_ablation=False,
         eval_episodes=100,
         # No round of the iterative procedure: at tau 1.0 one (`--iterations 1`: C plays 200

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -32,15 +31,22 @@ from dreamlab.generations.vmc.worldmodel import (
     memory_start_latents,
     start_latents_from_store,
 )
-from dreamlab.io import atomic_path, atomic_write_json, read_json
+from dreamlab.io import atomic_write_json, commit_files, read_json, settle
 from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.progress import tqdm
 from dreamlab.rundir import RunError, timed
 from dreamlab.train.evaluators import EnvRollout, LocalEvaluator, child_threads
-from dreamlab.train.evolve import STATE_FILE, EvolveConfig, evolve, make_evaluator
+from dreamlab.train.evolve import (
+    STATE_FILE,
+    EvolveConfig,
+    check_evolve_resume,
+    evolve,
+    make_evaluator,
+)
 
 __all__ = [
     "RESTARTS_FILE",
+    "check_controller_resume",
     "dream_start_bank",
     "race_restarts",
     "stage_controller",
@@ -126,6 +132,17 @@ RESTARTS_FILE = "restarts.json"
 """``RUN/NAME/restarts.json``: the raced restarts' scores and the seed that continued"""
 
 
+def check_controller_resume(run: Run, name: str, ecfg: EvolveConfig) -> None:
+    """Raise unless the C in ``RUN/name`` (if any) can resume with ``ecfg`` (a raced run
+    continues with the seed that won, recorded beside it); see
+    :func:`~dreamlab.train.evolve.check_evolve_resume`."""
+    record = run / name / RESTARTS_FILE
+    if ecfg.restarts > 1 and record.exists():
+        chosen = int(read_json(record, "restarts")["chosen_seed"])
+        ecfg = dataclasses.replace(ecfg, seed=chosen, restarts=1)
+    check_evolve_resume(run / name, ecfg)
+
+
 def _restart_job(
     run_path: str,
     inputs: Literal["zh", "z"],
@@ -156,9 +173,10 @@ def race_restarts(
     core (the batched dream does not get faster with more threads; on a machine whose cores
     share one physical core, as this project's 2-core one, processes do not help either;
     BENCHMARKS.md). The restart
-    whose mean scored best on ``eval_rollouts`` episodes is copied into ``run/name/`` (CMA-ES state
-    last, so its presence marks a finished copy), and its seed is returned: continuing with that
-    seed resumes the winner exactly. Killed at any point, a rerun resumes each restart, or skips
+    whose mean scored best on ``eval_rollouts`` episodes is copied into ``run/name/`` (its files and
+    the record of the race as one unit of :func:`dreamlab.io.commit_files`, so the CMA-ES state's
+    presence marks a finished copy), and its seed is returned: continuing with that seed resumes
+    the winner exactly. Killed at any point, a rerun resumes each restart, or skips
     the race when the copy was finished.
     """
     out = run / name
@@ -221,19 +239,20 @@ def race_restarts(
     for seed in seeds:
         mark = "  <- continues" if seed == chosen else ""
         print(f"[dreamlab]   seed {seed}: mean scores {scores[seed]:.3f} in the dream{mark}")
-    atomic_write_json(
-        record,
-        {
-            "restart_generations": probe.generations,
-            "scores": {str(s): scores[s] for s in seeds},
-            "chosen_seed": chosen,
-        },
-    )
     winner = run / names[chosen]
-    files = sorted(p for p in winner.iterdir() if p.is_file() and p.name != STATE_FILE)
-    for src in [*files, winner / STATE_FILE]:
-        with atomic_path(out / src.name, suffix=src.suffix) as tmp:
-            shutil.copyfile(src, tmp)
+    settle(winner)
+    # one unit: the record of the race and the winner's files, its CMA-ES state among them
+    with commit_files(out) as commit:
+        for src in sorted(p for p in winner.iterdir() if p.is_file()):
+            commit.write_bytes(out / src.name, src.read_bytes())
+        commit.write_json(
+            record,
+            {
+                "restart_generations": probe.generations,
+                "scores": {str(s): scores[s] for s in seeds},
+                "chosen_seed": chosen,
+            },
+        )
     return chosen
 
 
@@ -251,18 +270,15 @@ def _evolve_controller(
     if pessimism is not None:
         world_model = controller_world_model(run, inputs, pessimism)
     else:
-        # Run loads V and M on the CPU; the dream runs on dream_device. ``auto`` is a timing,
-        # so its choice is kept beside C: a resumed run dreams in the precision it began with
+        # Run loads V and M on the CPU; the dream runs on dream_device. ``auto`` depends on the
+        # hardware, so its choice is kept beside C: a run resumed on another machine dreams in
+        # the precision it began with
         chosen = run / name / "precision.json"
         saved = read_json(chosen, "precision") if chosen.exists() else {}
         if saved.get("setting") == cfg.dream_precision:
             precision = saved["precision"]
         else:
-            precision = dream_precision(
-                cfg.dream_precision,
-                lambda p: run.world_model(inputs, p, round_).to(cfg.dream_device),
-                ecfg.population_size * ecfg.rollouts_per_candidate,
-            )
+            precision = dream_precision(cfg.dream_precision, cfg.dream_device)
             (run / name).mkdir(parents=True, exist_ok=True)
             atomic_write_json(chosen, {"setting": cfg.dream_precision, "precision": precision})
         world_model = run.world_model(inputs, precision, round_).to(cfg.dream_device)

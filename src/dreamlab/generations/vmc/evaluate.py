@@ -145,7 +145,9 @@ def stage_evaluate(
     ``mean_return``, ``std_return``, ``catch_rate`` for Catch) and every agent under ``agents``.
     """
     cfg = run.config
-    n = episodes or cfg.eval_episodes
+    n = cfg.eval_episodes if episodes is None else episodes
+    if n < 1:
+        raise RunError(f"evaluate: expected >= 1 episode per agent, got {n}")
     if agents is None:
         # what iterating bought: each earlier round's C, scored like the final one
         agents = ["random", *(f"controller_round{r}" for r in range(cfg.iterations)), "controller"]

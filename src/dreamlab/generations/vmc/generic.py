@@ -27,6 +27,7 @@ import numpy as np
 
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.store import STORE_FILE, EpisodeStore
+from dreamlab.envs.trust import check_env_trusted
 from dreamlab.generations.vmc.config import RunConfig
 from dreamlab.models.mdnrnn import MDNRNNConfig
 from dreamlab.models.vae import VAEConfig
@@ -103,6 +104,7 @@ def prepare_data(
                 f"{data}: its episodes come from env {recorded!r}, not {env!r}; give that env's "
                 "data or leave out --env"
             )
+        check_env_trusted(recorded, str(data / STORE_FILE))  # the run will make this env
         _check_store(store)  # before anything is written
         if not (target / STORE_FILE).is_file():
             run.mkdir(parents=True, exist_ok=True)

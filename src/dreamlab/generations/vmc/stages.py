@@ -20,15 +20,22 @@ from dreamlab.data.store import EpisodeStore
 from dreamlab.dream import frames_to_uint8
 from dreamlab.generations.vmc.run import Run
 from dreamlab.models import frames_to_tensor
-from dreamlab.models.mdnrnn import MDNRNN
-from dreamlab.models.vae import VAE
+from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
+from dreamlab.models.vae import VAE, VAEConfig
 from dreamlab.rundir import timed
 from dreamlab.train.batches import frame_batches, sequence_batches
 from dreamlab.train.encode import encode_store
 from dreamlab.train.fit import fit
 from dreamlab.viz import save_image_grid
 
-__all__ = ["stage_collect", "stage_encode", "stage_mdnrnn", "stage_vae"]
+__all__ = [
+    "mdnrnn_config",
+    "stage_collect",
+    "stage_encode",
+    "stage_mdnrnn",
+    "stage_vae",
+    "vae_config",
+]
 
 
 def stage_collect(run: Run, progress: bool = True) -> Any:
@@ -51,14 +58,27 @@ def stage_collect(run: Run, progress: bool = True) -> Any:
     )
 
 
+def vae_config(run: Run) -> VAEConfig:
+    """V's architecture: the run's, sized to the frames of its episodes."""
+    frame_shape = run.data().meta.obs_shape
+    return dataclasses.replace(run.config.vae, frame_size=int(frame_shape[0]))
+
+
+def mdnrnn_config(run: Run) -> MDNRNNConfig:
+    """M's architecture: the run's, sized to V's z and the env's actions."""
+    space = run.action_space()
+    action_dim = int(space.n) if hasattr(space, "n") else int(np.prod(space.shape))
+    return dataclasses.replace(
+        run.config.mdnrnn, z_dim=run.vae_config().z_dim, action_dim=action_dim
+    )
+
+
 def stage_vae(run: Run) -> Any:
     """Train V on shuffled frames of ``data/``; write reconstructions and learning curves."""
     cfg = run.config
     store = run.data()
-    frame_shape = store.meta.obs_shape
-    vcfg = dataclasses.replace(cfg.vae, frame_size=int(frame_shape[0]))
     torch.manual_seed(cfg.seed)
-    vae = VAE(vcfg)
+    vae = VAE(vae_config(run))
     batches = frame_batches(store, cfg.vae_train.batch_size, seed=cfg.seed)
     total = cfg.vae_train.resolve_steps(store.num_frames)
 
@@ -94,12 +114,8 @@ def stage_mdnrnn(run: Run) -> Any:
     :func:`~dreamlab.generations.vmc.iterate.stage_iterate`)."""
     cfg = run.config
     latents = run.latents()
-    vae_cfg = run.vae_config()  # M needs V's z size, not its weights
-    space = run.action_space()
-    action_dim = int(space.n) if hasattr(space, "n") else int(np.prod(space.shape))
-    mcfg = dataclasses.replace(cfg.mdnrnn, z_dim=vae_cfg.z_dim, action_dim=action_dim)
     torch.manual_seed(cfg.seed)
-    model = MDNRNN(mcfg)
+    model = MDNRNN(mdnrnn_config(run))  # M needs V's z size, not its weights
     batches = sequence_batches(
         latents, cfg.seq_len, cfg.mdnrnn_train.batch_size, seed=cfg.seed, pad_short=cfg.seq_pad
     )
