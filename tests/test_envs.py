@@ -91,6 +91,37 @@ def test_catch_presets_and_ids_give_64x64_uint8_frames() -> None:
     assert hard.unwrapped.config.paddle_width == 8 and hard.unwrapped.config.num_balls == 2
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import gymnasium as gym, dreamlab\nenv = gym.make('dreamlab/Catch-v0')",
+        "import gymnasium as gym\nenv = gym.make('dreamlab:dreamlab/CatchDiscrete-v0')",
+    ],
+    ids=["import-dreamlab", "module-prefix"],
+)
+def test_import_dreamlab_registers_its_envs_with_gymnasium_without_torch(code: str) -> None:
+    """Gymnasium's convention (``import ale_py``), in a fresh interpreter: ``import dreamlab``
+    registers the built-in ids, and imports neither torch nor the env classes on the way."""
+    check = textwrap.dedent(
+        """
+        import sys
+        {code}
+        obs, _ = env.reset(seed=0)
+        assert obs.ndim == 3 and obs.shape[-1] == 3 and obs.dtype.name == "uint8", obs.shape
+        assert "torch" not in sys.modules, "import dreamlab pulled in torch"
+        print(env.spec.id, type(env.action_space).__name__)
+        """
+    ).format(code=code)
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] in ("dreamlab/Catch-v0", "dreamlab/CatchDiscrete-v0")
+
+
 def test_carracing_is_cropped_and_resized() -> None:
     env = make_env("carracing")
     obs, _ = env.reset(seed=0)

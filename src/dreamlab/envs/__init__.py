@@ -1,8 +1,8 @@
 """Environments for dreamlab: the built-in Catch, presets, and one way to make any env emit frames.
 
 ``make_env("catch")``, ``make_env("CarRacing-v3")`` and ``make_env("my_pkg.envs:MyEnv")`` all
-return a Gymnasium env whose observations are ``(64, 64, 3) uint8`` frames. Importing this
-package registers ``dreamlab/Catch-v0`` and ``dreamlab/CatchDiscrete-v0``.
+return a Gymnasium env whose observations are ``(64, 64, 3) uint8`` frames. ``import dreamlab``
+registers ``dreamlab/Catch-v0`` and ``dreamlab/CatchDiscrete-v0`` (:mod:`dreamlab.registration`).
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ from dreamlab.envs.wrappers import (
     check_env_spaces,
     wrap_frames,
 )
+from dreamlab.registration import CATCH_IDS, register_envs
 
 __all__ = [
+    "CATCH_IDS",
     "PRESETS",
     "POLICY_NAMES",
     "ActionRepeat",
@@ -80,21 +82,6 @@ __all__ = [
     "wrap_frames",
 ]
 
-CATCH_IDS = {"dreamlab/Catch-v0": False, "dreamlab/CatchDiscrete-v0": True}
-
-
-def register_envs() -> None:
-    """Register the built-in env ids with Gymnasium. Idempotent (runs on import)."""
-    for env_id, discrete in CATCH_IDS.items():
-        if env_id not in gym.registry:
-            gym.register(
-                id=env_id,
-                entry_point="dreamlab.envs.catch:CatchEnv",
-                kwargs={"discrete": discrete},
-            )
-
-
-register_envs()
 
 
 def make_env(

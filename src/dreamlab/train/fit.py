@@ -273,8 +273,14 @@ def check_resume(out_dir: str | Path, cfg: TrainConfig, model_config: Any | None
     """
     out = Path(out_dir)
     state = _trainer_state(out)
-    if state is None:
-        return
+    if state is not None:
+        _check_settings(out, state, cfg, model_config)
+
+
+def _check_settings(
+    out: Path, state: dict[str, Any], cfg: TrainConfig, model_config: Any | None
+) -> None:
+    """:func:`check_resume` against the checkpoint's trainer ``state``."""
     saved = state.get("train_config")
     given = asdict(cfg)
     if isinstance(saved, dict):
@@ -316,7 +322,7 @@ def _try_resume(
     state = _trainer_state(out_dir)
     if state is None:
         return 0, 0.0
-    check_resume(out_dir, cfg, model.config)
+    _check_settings(out_dir, state, cfg, model.config)
     step = int(state["step"])
     steps = {"trainer.json": step, MODEL_FILE: weights_step(out_dir)}
     steps["optimizer.safetensors"] = optimizer_step(out_dir)
