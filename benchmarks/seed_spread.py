@@ -6,6 +6,8 @@ then records every value instead of failing. Each seed's records land in ``OUT/s
 (written whole, then renamed), so a killed sweep resumes with the seeds it has not finished.
 
     .venv/bin/python benchmarks/seed_spread.py --seeds 12 --jobs 2 --out /tmp/seed-spread
+    .venv/bin/python benchmarks/seed_spread.py --seeds 20 --dream-precision bfloat16 \
+        --out /tmp/seed-spread-bf16 tests/test_catch_learning.py
 
 prints, per check, the bound and the min / median / max over the seeds, and how many seeds
 failed it: a threshold is sound when the worst seed clears it with room to spare.
@@ -30,12 +32,16 @@ from dreamlab.progress import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_seed(seed: int, out: Path, extra: list[str]) -> float:
-    """Run the learning tests on ``seed`` into ``out/seed_S.jsonl``; return seconds taken."""
+def run_seed(seed: int, out: Path, extra: list[str], precision: str | None = None) -> float:
+    """Run the learning tests on ``seed`` into ``out/seed_S.jsonl``; return seconds taken.
+    ``precision`` sets the precision of the dreams the learning tests train C in
+    (``$DREAMLAB_TEST_DREAM_PRECISION``)."""
     final = out / f"seed_{seed}.jsonl"
     partial = out / f".seed_{seed}.jsonl.partial"
     partial.unlink(missing_ok=True)
     env = {**os.environ, "DREAMLAB_TEST_SEED": str(seed), "DREAMLAB_SPREAD_FILE": str(partial)}
+    if precision is not None:
+        env["DREAMLAB_TEST_DREAM_PRECISION"] = precision
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "learning", "-p", "no:cacheprovider"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd + extra, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -83,6 +89,12 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/dreamlab-seed-spread"))
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (default 1)")
+    parser.add_argument(
+        "--dream-precision",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="precision of the dreams C trains in (default: the tests' own, float32)",
+    )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. a file)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +106,10 @@ def main() -> None:
     t0 = time.perf_counter()
     # each pytest runs on one torch thread (tests/conftest.py): one seed per core
     with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(todo), desc="seeds") as bar:
-        futures = {pool.submit(run_seed, s, args.out, args.pytest_args): s for s in todo}
+        futures = {
+            pool.submit(run_seed, s, args.out, args.pytest_args, args.dream_precision): s
+            for s in todo
+        }
         for future in as_completed(futures):
             bar.write(f"seed {futures[future]}: {future.result():.0f} s")
             bar.update(1)

@@ -6,8 +6,9 @@ thread (a reduction's result depends on how many threads split it) and
 numbers every run.
 
 Learning tests (``@pytest.mark.learning``) train a model and hold it to a threshold. They take
-their seeds from the ``seed`` fixture (``$DREAMLAB_TEST_SEED``, default 0) and compare through
-``check``. ``benchmarks/seed_spread.py`` runs them over many seeds with
+their seeds from the ``seed`` fixture (``$DREAMLAB_TEST_SEED``, default 0), the precision of
+the dreams they train C in from ``dream_precision`` (``$DREAMLAB_TEST_DREAM_PRECISION``, default
+float32), and compare through ``check``. ``benchmarks/seed_spread.py`` runs them over many seeds with
 ``$DREAMLAB_SPREAD_FILE`` set: ``check`` then records each value instead of failing, and the
 script reports every threshold against the spread of its values (BENCHMARKS.md).
 """
@@ -25,6 +26,7 @@ import pytest
 import torch
 
 SEED_ENV = "DREAMLAB_TEST_SEED"
+PRECISION_ENV = "DREAMLAB_TEST_DREAM_PRECISION"
 SPREAD_ENV = "DREAMLAB_SPREAD_FILE"
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -74,6 +76,17 @@ def _no_env_code_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
 def seed() -> int:
     """Seed of the learning tests: ``$DREAMLAB_TEST_SEED`` (default 0)."""
     return _seed()
+
+
+@pytest.fixture(scope="session")
+def dream_precision() -> str:
+    """Precision of the dreams learning tests train C in: ``$DREAMLAB_TEST_DREAM_PRECISION``
+    (float32 by default; ``benchmarks/seed_spread.py --dream-precision bfloat16`` sweeps the
+    other)."""
+    value = os.environ.get(PRECISION_ENV, "float32")
+    if value not in ("float32", "bfloat16"):
+        raise pytest.UsageError(f"${PRECISION_ENV} must be float32 or bfloat16, got {value!r}")
+    return value
 
 
 @pytest.fixture

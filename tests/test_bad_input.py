@@ -107,6 +107,28 @@ def test_a_config_json_with_wrong_fields_is_one_line_naming_the_field(
     _refused(capsys, [command, "--run", str(run)], run, f"{run}/config.json", says)
 
 
+def test_a_field_the_file_never_had_takes_its_default(small_run: Path, tmp_path: Path) -> None:
+    """A later dreamlab adds fields: a config written before them (its key digest matching the
+    keys it has) loads with their defaults; the same key removed by hand is an error."""
+    import shutil
+
+    from dreamlab.generations.vmc.run import Run
+    from dreamlab.rundir import RunError
+    from dreamlab.typed import key_digest
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    path = run / "config.json"
+    data = json.loads(path.read_text())
+    del data["config"]["iterate_keep_best"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(RunError, match=r"\['iterate_keep_best'\] are missing"):
+        Run.open(run)
+    data["keys"] = key_digest(data["config"])  # as the older version wrote it
+    path.write_text(json.dumps(data))
+    assert Run.open(run).config.iterate_keep_best is False
+
+
 # --------------------------------------------------------------------------------- envs
 BROKEN_ENVS = {
     "syntax": "def broken(:\n",

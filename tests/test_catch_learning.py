@@ -37,13 +37,17 @@ pytestmark = pytest.mark.learning
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, seed: int) -> Run:
+def run(tmp_path_factory: pytest.TempPathFactory, seed: int, dream_precision: str) -> Run:
     path = tmp_path_factory.mktemp("runs") / "catch-test"
     # One round of the paper's iterative procedure (round 0's C plays, M is fine-tuned on it, C
     # trains again), as the demo does: on 3 of 10 seeds a C trained only on random play's M
     # exploited its dream and caught no more than random (BENCHMARKS.md, issue 15).
-    cfg = PipelineConfig(run=path, preset="catch-test", progress=False, seed=seed, iterations=1)
-    return run_pipeline(cfg)
+    made = Run.open(path, "catch-test")
+    made.config.seed = made.config.evolve.seed = seed
+    made.config.iterations = 1
+    made.config.dream_precision = dream_precision  # type: ignore[assignment]
+    made.save_config()
+    return run_pipeline(PipelineConfig(run=path, progress=False))
 
 
 @pytest.fixture(scope="module")

@@ -277,3 +277,33 @@ def test_dream_precision_auto_follows_the_hardware_not_a_timing(
         # the same answer every time, however busy the machine: no step is timed
         picks = {dream_precision("auto") for _ in range(5)}
         assert picks == {"bfloat16" if native else "float32"}
+
+
+def test_a_round_keeps_the_previous_c_unless_its_search_beats_it(tmp_path: Path) -> None:
+    """``iterate_keep_best``: round 1's C reads round 0's input statistics, round 0's C is scored
+    in round 1's dream before the search, and the C kept is whichever scored best there."""
+    import dataclasses
+
+    from dreamlab.checkpoint import read_config
+    from dreamlab.io import read_jsonl
+
+    path = tmp_path / "keep"
+    run = Run.open(path, "catch-debug")
+    run.config.iterate_keep_best = True
+    run.config.controller_normalize = True
+    run.config.evolve = dataclasses.replace(run.config.evolve, eval_every=1, eval_rollouts=8)
+    run.save_config()
+    run_pipeline(PipelineConfig(run=path, until="iterate", progress=False))
+    assert read_config(path / "controller")[1] == read_config(path / "rounds/0/controller")[1]
+    first = read_jsonl(path / "controller/metrics.jsonl")[0]
+    held = first["controller/eval/incumbent_return"]
+    assert (
+        "controller/eval/incumbent_return"
+        not in read_jsonl(path / "rounds/0/controller/metrics.jsonl")[0]
+    )
+    summary = json.loads((path / "controller/summary.json").read_text())
+    evals = [r["controller/eval/return"] for r in read_jsonl(path / "controller/metrics.jsonl")]
+    assert summary["best_eval_return"] == max([held, *evals])
+    previous = Run.open(path).controller("rounds/0/controller").get_flat_params()
+    kept = Run.open(path).controller().get_flat_params()
+    assert bool((kept == previous).all()) == (summary["best_eval_return"] == held)

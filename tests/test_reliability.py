@@ -385,3 +385,38 @@ def test_a_flipped_byte_in_an_episode_is_caught_on_read(tmp_path: Path) -> None:
         damaged.reader(0)
     with pytest.raises(StoreError, match="fails its checksum"):
         damaged.validate()
+
+
+# ------------------------------------------------------------- same seed, same C, resumed
+def test_a_controller_resumed_in_bfloat16_dreams_equals_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    """bfloat16 dreams (dream_precision, decided by the hardware or the config, never by a
+    timing) resume bit-exactly, as float32 ones do."""
+    from dreamlab.cli import main
+
+    run = tmp_path / "run"
+    argv = ["pipeline", "--run", str(run), "--preset", "catch-debug", "--iterations", "0"]
+    assert main([*argv, "--until", "mdnrnn", "--no-progress"]) == 0
+    data = json.loads((run / "config.json").read_text())
+    data["config"]["dream_precision"] = "bfloat16"
+    (run / "config.json").write_text(json.dumps(data))
+
+    def train(name: str, generations: int) -> None:
+        args = ["train-controller", "--run", str(run), "--name", name]
+        assert main([*args, "--generations", str(generations)]) == 0
+
+    train("straight", 5)
+    train("resumed", 2)
+    train("resumed", 5)
+    for name in ("straight", "resumed"):
+        chosen = json.loads((run / name / "precision.json").read_text())
+        assert chosen == {"setting": "bfloat16", "precision": "bfloat16"}
+    curves = {
+        name: [r["controller/train/best"] for r in read_jsonl(run / name / "metrics.jsonl")]
+        for name in ("straight", "resumed")
+    }
+    assert len(curves["straight"]) == 5 and curves["resumed"] == curves["straight"]
+    a, b = (load_model(run / name) for name in ("straight", "resumed"))
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(x, y)

@@ -139,7 +139,7 @@ def config_from_dict(
 
     Fields missing from ``data`` take their defaults (files from older versions keep loading),
     unless ``complete`` (default: ``data`` is a :class:`~dreamlab.typed.FullRecord`, a run
-    config written by this version).
+    config that lost keys since it was written).
 
     Raises:
         CheckpointError: naming ``source`` and the field: unknown or missing fields, a value of

@@ -2,11 +2,12 @@
 
 ``RUN/config.json`` says which generation made the run and with what settings::
 
-    {"kind": "vmc", "format": 2, "config": {...}}
+    {"kind": "vmc", "config": {...}, "keys": "<digest>"}
 
 ``kind`` is a key of the generation registry (:mod:`dreamlab.generations`); ``config`` is the
-generation's own config as JSON, every field of it (``format`` 2: a field missing from it is an
-error, see :mod:`dreamlab.typed`). Older run directories are still read: a V/M/C run wrote its
+generation's own config as JSON, every field of it; ``keys`` is a digest of its keys, so a
+field deleted by hand is an error while one added by a later version takes its default
+(:mod:`dreamlab.typed`). Older run directories are still read: a V/M/C run wrote its
 ``RunConfig`` fields at the top level, the other generations ``{"kind": K, K: {...}}``
 (``"dreamer"`` for the RSSM). ``RUN/timings.json`` sums each stage's wall seconds over resumes;
 ``RUN/data/`` is the episode store, whose metadata holds the env's action space, so a stage never
@@ -24,12 +25,11 @@ from dreamlab.data.schema import space_from_description
 from dreamlab.data.store import STORE_FILE, EpisodeStore
 from dreamlab.envs.trust import check_env_trusted
 from dreamlab.io import DreamlabError, atomic_write_json, jsonable, read_json
-from dreamlab.typed import FullRecord
+from dreamlab.typed import FullRecord, key_digest
 
 __all__ = [
     "CONFIG_FILE",
     "LEGACY_KINDS",
-    "RUN_FORMAT",
     "TIMINGS_FILE",
     "RunError",
     "check_same_settings",
@@ -45,8 +45,6 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 TIMINGS_FILE = "timings.json"
-RUN_FORMAT = 2
-"""``format`` of the run configs this version writes: they record every field"""
 LEGACY_KINDS = {"dreamer": "rssm"}
 """kind names written by earlier versions -> the registry's"""
 
@@ -80,8 +78,9 @@ def read_run_config(path: str | Path) -> tuple[str, dict[str, Any]] | None:
         raise RunError(f"{file}: 'kind' must be a string, got {kind!r}")
     if isinstance(data.get("config"), dict):
         config = data["config"]
-        if data.get("format") == RUN_FORMAT:
-            config = FullRecord(config)
+        recorded = data.get("keys")
+        if recorded is not None and recorded != key_digest(config):
+            config = FullRecord(config)  # keys were removed by hand: each field must be there
     elif isinstance(data.get(kind), dict):  # {"kind": K, K: {...}}
         config = data[kind]
     else:
@@ -104,10 +103,11 @@ def run_kind(path: str | Path) -> str | None:
 
 
 def write_run_config(path: str | Path, kind: str, config: Mapping[str, Any]) -> None:
-    """Write ``RUN/config.json`` atomically as ``{"kind": kind, "format": 2, "config": config}``."""
+    """Write ``RUN/config.json`` atomically as ``{"kind": kind, "config": config, "keys":
+    digest}``."""
+    record = jsonable(dict(config))
     atomic_write_json(
-        Path(path) / CONFIG_FILE,
-        {"kind": kind, "format": RUN_FORMAT, "config": jsonable(dict(config))},
+        Path(path) / CONFIG_FILE, {"kind": kind, "config": record, "keys": key_digest(record)}
     )
 
 

@@ -6,20 +6,23 @@ and missing fields and every value's type (``int``, ``float``, ``bool``, ``str``
 ``Literal``, ``X | None``, tuples, lists, dicts and nested config dataclasses) before the
 dataclass's own ``__post_init__`` checks its ranges.
 
-A file written by this version of dreamlab records every field, so a missing one is an error;
-older files (:class:`FullRecord` not set) take the defaults of fields they lack.
+A field missing from a file is an error when the file says it held it: a run's ``config.json``
+records a digest of its keys (:func:`key_digest`), so a key deleted by hand no longer matches
+it, while a field that a later dreamlab added, and an older file never had, takes its default.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigTypeError", "FullRecord", "dataclass_from_json"]
+__all__ = ["ConfigTypeError", "FullRecord", "dataclass_from_json", "key_digest"]
 
 
 class ConfigTypeError(ValueError):
@@ -27,7 +30,25 @@ class ConfigTypeError(ValueError):
 
 
 class FullRecord(dict):  # type: ignore[type-arg]
-    """A config mapping written by this version: every field must be present."""
+    """A config mapping that lost keys since it was written (its :func:`key_digest` no longer
+    matches the one recorded): every field of the dataclass must be present."""
+
+
+def _key_paths(value: Any, prefix: str = "") -> list[str]:
+    if not isinstance(value, Mapping):
+        return []
+    paths = []
+    for key, inner in value.items():
+        path = f"{prefix}{key}"
+        paths += [path, *_key_paths(inner, path + ".")]
+    return paths
+
+
+def key_digest(config: Mapping[str, Any]) -> str:
+    """A short digest of every key path of ``config`` (nested objects included): recorded beside
+    a config when it is written, it tells a key removed by hand from a field the file never had."""
+    text = json.dumps(sorted(_key_paths(config)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _describe(value: Any) -> str:
@@ -148,8 +169,8 @@ def dataclass_from_json(
         missing = sorted(set(fields) - set(data))
         if missing:
             raise ConfigTypeError(
-                f"{source}: {cls.__name__} fields {missing} are missing (a file written by "
-                "dreamlab records every field; restore them, e.g. from the preset's config)"
+                f"{source}: {cls.__name__} fields {missing} are missing (the file recorded them "
+                "when it was written; restore them, e.g. from the preset's config)"
             )
     hints = typing.get_type_hints(cls)
     kwargs = {

@@ -83,7 +83,6 @@ __all__ = [
 ]
 
 
-
 def make_env(
     env_id: str,
     preset: EnvPreset | None = None,

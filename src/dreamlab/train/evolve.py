@@ -263,6 +263,7 @@ def evolve(
     out_dir: str | Path,
     *,
     real_backend: Evaluator | None = None,
+    incumbent: np.ndarray | None = None,
 ) -> EvolveResult:
     """Train ``controller``'s weights with CMA-ES; resumes if ``out_dir`` holds a checkpoint.
 
@@ -272,6 +273,10 @@ def evolve(
         cfg: CMA-ES settings.
         out_dir: checkpoint directory (the run's ``controller/``).
         real_backend: real-env evaluator used every ``cfg.real_eval_every`` generations.
+        incumbent: weights ``(D,)`` of a controller found before (the previous round's C),
+            scored on ``eval_rollouts`` episodes before the first generation: the selected
+            controller is whichever of it and the evaluated means scores best (needs
+            ``eval_every > 0``).
 
     Returns:
         :class:`EvolveResult`.
@@ -289,6 +294,7 @@ def evolve(
 
     sweep_temp_files(out)  # what a killed save left; finishes a half-moved checkpoint
     check_evolve_resume(out, cfg)
+    start_eval: float | None = None
     if state_path.exists():
         es, extra, meta = load_cma_state(state_path)
         if int(es.N) != dim or int(es.popsize) != cfg.population_size:
@@ -321,6 +327,17 @@ def evolve(
         best_eval = None
         if metrics_path.exists():
             metrics_path.unlink()  # a fresh run: stale metrics would mislead
+        if incumbent is not None:
+            if not cfg.eval_every:
+                raise ValueError(
+                    "evolve: an incumbent is compared by eval_every's scores; set it > 0"
+                )
+            held = np.asarray(incumbent, dtype=np.float64).reshape(dim)
+            scores = fitness_backend.evaluate(
+                held[None], cfg.eval_rollouts, _generation_seed(cfg.seed, 0, 3)
+            )[0]
+            best_eval = start_eval = float(np.mean(scores))
+            selected = held.copy()
     if start_gen >= cfg.generations:
         print(
             f"controller is trained (generation {start_gen} of {cfg.generations}) at {out}; "
@@ -407,6 +424,8 @@ def evolve(
                 )[0]
                 record["controller/real/return"] = float(np.mean(real))
                 record["controller/real/return_std"] = float(np.std(real))
+            if gen == 0 and start_eval is not None:
+                record["controller/eval/incumbent_return"] = start_eval
             record["time/generation_s"] = time.perf_counter() - t0
             # Metrics first, checkpoint second: a crash in between leaves a line that resume
             # drops (generation > checkpoint), never a generation without its line.

@@ -97,6 +97,7 @@ def stage_controller(
     pessimism: float | None = None,
     name: str | None = None,
     round_: int | None = None,
+    incumbent: str | None = None,
 ) -> Any:
     """Train C by CMA-ES (in the dream by default) into ``controller/`` (or ``controller_vonly/``).
 
@@ -104,7 +105,9 @@ def stage_controller(
     ``r - lambda * disagreement`` (docs/uncertainty.md); ``name`` picks another directory. With
     ``evolve.restarts > 1`` the restarts are raced first (:func:`race_restarts`) and the winner
     continues to ``evolve.generations``. ``round_`` trains an earlier round's C of the
-    iterative procedure, in that round's dream, into ``rounds/R/controller/``.
+    iterative procedure, in that round's dream, into ``rounds/R/controller/``. ``incumbent``
+    names a C found before (``RUN/<incumbent>``, the previous round's): the new C reads its input
+    statistics, and it is kept unless a mean of this search scores better in this dream.
     """
     cfg = run.config
     ecfg = evolve_cfg or cfg.evolve
@@ -121,9 +124,13 @@ def stage_controller(
     rnd = None if last else round_
 
     def work() -> Any:
-        seed = race_restarts(run, inputs, ecfg, name, pessimism, rnd) if ecfg.restarts > 1 else None
+        seed = (
+            race_restarts(run, inputs, ecfg, name, pessimism, rnd, incumbent)
+            if ecfg.restarts > 1
+            else None
+        )
         final = ecfg if seed is None else dataclasses.replace(ecfg, seed=seed, restarts=1)
-        return _evolve_controller(run, inputs, final, name, pessimism, rnd)
+        return _evolve_controller(run, inputs, final, name, pessimism, rnd, incumbent)
 
     return timed(run.path, key, work)
 
@@ -150,9 +157,11 @@ def _restart_job(
     name: str,
     pessimism: float | None,
     round_: int | None = None,
+    incumbent: str | None = None,
 ) -> float:
     """One raced restart: returns the best many-rollout score of its mean."""
-    result = _evolve_controller(Run.open(Path(run_path)), inputs, ecfg, name, pessimism, round_)
+    run = Run.open(Path(run_path))
+    result = _evolve_controller(run, inputs, ecfg, name, pessimism, round_, incumbent)
     if result.best_eval_return is None:
         raise RunError(f"restart {name}: no evaluation of the mean ran")
     return float(result.best_eval_return)
@@ -165,6 +174,7 @@ def race_restarts(
     name: str,
     pessimism: float | None = None,
     round_: int | None = None,
+    incumbent: str | None = None,
 ) -> int:
     """Race ``ecfg.restarts`` CMA-ES runs and seed ``run/name`` with the winner's state.
 
@@ -206,7 +216,7 @@ def race_restarts(
         if workers == 1:
             for seed in seeds:
                 scores[seed] = _restart_job(
-                    str(run.path), inputs, jobs[seed], names[seed], pessimism, round_
+                    str(run.path), inputs, jobs[seed], names[seed], pessimism, round_, incumbent
                 )
                 bar.update(1)
         else:
@@ -227,6 +237,7 @@ def race_restarts(
                             names[seed],
                             pessimism,
                             round_,
+                            incumbent,
                         )
                         for seed in seeds
                     }
@@ -263,9 +274,11 @@ def _evolve_controller(
     name: str,
     pessimism: float | None,
     round_: int | None = None,
+    incumbent: str | None = None,
 ) -> Any:
     """One CMA-ES run of C into ``RUN/name`` (resumes it): the dream, its start bank and C's
-    input statistics are set up, then :func:`dreamlab.train.evolve.evolve` runs."""
+    input statistics are set up (or taken from the incumbent C at ``RUN/<incumbent>``, which the
+    search must beat), then :func:`dreamlab.train.evolve.evolve` runs."""
     cfg = run.config
     if pessimism is not None:
         world_model = controller_world_model(run, inputs, pessimism)
@@ -289,7 +302,16 @@ def _evolve_controller(
             "(--pessimism) keeps one per member, so use dream_starts='all' with it"
         )
     start = dream_start_bank(run, world_model, round_)
-    if cfg.controller_normalize:
+    held = run.controller(incumbent) if incumbent is not None else None
+    if held is not None:
+        if held.config.feature_dim != ccfg.feature_dim or held.config.inputs != inputs:
+            raise RunError(
+                f"{run / incumbent}: a C reading {held.config.feature_dim} {held.config.inputs} "
+                f"features cannot compete with one reading {ccfg.feature_dim} {inputs}"
+            )
+        # its input statistics too, so its weights and the search's are the same parameters
+        ccfg = held.config
+    elif cfg.controller_normalize:
         saved = read_config(run / name)[1] if has_model(run / name) else None
         if saved is not None and saved.normalizes_inputs and saved.feature_dim == ccfg.feature_dim:
             # resuming: keep the statistics the saved CMA-ES state was searched under
@@ -321,7 +343,14 @@ def _evolve_controller(
                 dataclasses.replace(ecfg, backend="processes"), controller, rollout=rollout
             )
     try:
-        return evolve(controller, backend, ecfg, run / name, real_backend=real)
+        return evolve(
+            controller,
+            backend,
+            ecfg,
+            run / name,
+            real_backend=real,
+            incumbent=None if held is None else held.get_flat_params().double().numpy(),
+        )
     finally:
         backend.close()
         if real is not None:

@@ -145,4 +145,6 @@ def stage_iterate(run: Run, progress: bool = True) -> None:
         timed(run.path, f"round{r}_explore", lambda r=r: stage_explore(run, r - 1, progress))
         timed(run.path, f"round{r}_mdnrnn", lambda r=r: stage_finetune_mdnrnn(run, r))
         ecfg = cfg.evolve if r == cfg.iterations else _explore_evolve(cfg)
-        stage_controller(run, "zh", ecfg, round_=r)
+        previous = str((run.round_dir(r - 1) / "controller").relative_to(run.path))
+        held = previous if cfg.iterate_keep_best else None
+        stage_controller(run, "zh", ecfg, round_=r, incumbent=held)
