@@ -106,10 +106,17 @@ def test_generic_pipeline_on_an_own_env_beats_random_from_the_dream(
     assert config["env"] == env and config["env_kwargs"] == {"steps": 32}
     # sized from the data: 32-step episodes, 64x64 frames, the env's own action space
     assert config["vae"]["frame_size"] == 64 and config["evolve"]["max_episode_steps"] == 39
-    # resumes from config.json alone
-    assert cli.main(["pipeline", "--run", str(run), "--no-progress", "--until", "iterate"]) == 0
-    assert cli.main(["evaluate", "--run", str(run), "--episodes", "50", "--agent", "random"]) == 0
-    assert cli.main(["evaluate", "--run", str(run), "--episodes", "50"]) == 0
+    # resumes from config.json alone, once told its module may be imported
+    trust = "--trust-env-code"
+    assert cli.main(["pipeline", "--run", str(run), "--no-progress", "--until", "iterate"]) == 2
+    assert (
+        cli.main(["pipeline", "--run", str(run), "--no-progress", "--until", "iterate", trust]) == 0
+    )
+    assert (
+        cli.main(["evaluate", "--run", str(run), "--episodes", "50", "--agent", "random", trust])
+        == 0
+    )
+    assert cli.main(["evaluate", "--run", str(run), "--episodes", "50", trust]) == 0
     scores = json.loads((run / "eval.json").read_text())["agents"]
     random_return = scores["random"]["mean_return"]
     c_return = scores["controller"]["mean_return"]
