@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_fit import TINY_VAE, frame_batches  # the same tiny V and data stream
 
 from dreamlab.checkpoint import load_model
 from dreamlab.data.schema import StoreError
@@ -38,28 +39,12 @@ from dreamlab.io import (
     settle,
     sweep_temp_files,
 )
-from dreamlab.models.vae import VAE, VAEConfig
+from dreamlab.models.vae import VAE
 from dreamlab.train.fit import TrainConfig, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
-
-TINY_VAE = VAEConfig(
-    frame_size=16,
-    z_dim=4,
-    enc_channels=(8, 16),
-    dec_channels=(16,),
-    dec_kernels=(6, 6),
-    dec_dense=32,
-)
-FRAMES = np.random.default_rng(0).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
-
-
-def frame_batches(start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    for step in itertools.count(start_step):
-        yield {"obs": FRAMES[np.random.default_rng(1000 + step).integers(0, len(FRAMES), 8)]}
-
 
 QUIET = TrainConfig(lr=1e-3, log_every=1, checkpoint_every=2, progress=False, tensorboard=False)
 
