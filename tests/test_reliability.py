@@ -405,3 +405,34 @@ def test_a_controller_resumed_in_bfloat16_dreams_equals_an_uninterrupted_one(
     a, b = (load_model(run / name) for name in ("straight", "resumed"))
     for x, y in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(x, y)
+
+
+def test_a_collection_stopped_by_a_full_disk_is_one_line_and_keeps_its_episodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dreamlab.io as io
+    from dreamlab.cli import main
+
+    out = tmp_path / "data"
+    argv = ["collect", "--out", str(out), "--episodes", "5", "--workers", "1", "--no-progress"]
+    real = io._write_file
+    episodes = {"n": 0}
+
+    def fills_up(path: Path, data: bytes, sync: bool = True) -> None:
+        if ".ep_" in path.name:
+            episodes["n"] += 1
+            if episodes["n"] == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data, sync)
+
+    monkeypatch.setattr(io, "_write_file", fills_up)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("dreamlab: error: no space left on the device writing") and "\n" not in err
+    )
+    assert "ep_000002.safetensors" in err
+    assert EpisodeStore.open(out).indices == [0, 1] and _leftovers(out) == []
+    monkeypatch.setattr(io, "_write_file", real)  # space was freed
+    assert main(argv) == 0
+    assert EpisodeStore.open(out).indices == list(range(5))

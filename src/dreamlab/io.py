@@ -75,6 +75,9 @@ class SettingError(DreamlabError):
 class DiskFullError(DreamlabError, OSError):
     """The device ran out of space while writing; what was saved before is intact."""
 
+    def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 28]"
+        return str(self.strerror)
+
 
 def _write_error(e: OSError, target: Path) -> OSError:
     """``e`` as :class:`DiskFullError` naming ``target`` when the disk is full, else ``e``."""
