@@ -28,7 +28,7 @@ from dreamlab.generations.vmc.run import Run
 from dreamlab.generations.vmc.stages import stage_collect, stage_encode, stage_mdnrnn, stage_vae
 from dreamlab.generations.vmc.train_ensemble import load_ensemble, member_dirs, train_ensemble
 from dreamlab.generations.vmc.uncertainty import ENSEMBLE_DIR, ensemble_world_model, stage_ensemble
-from dreamlab.generations.vmc.worldmodel import start_latents_from_store
+from dreamlab.generations.vmc.worldmodel import memory_start_latents, start_latents_from_store
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
 from dreamlab.rundir import RunError
 from dreamlab.train.encode import encode_store
@@ -181,6 +181,28 @@ def test_ensemble_world_model_is_a_dream_env(run: Run, one_thread: None) -> None
     )
     s2, _, _ = per_dream.step(s, torch.zeros(6, 1))
     assert torch.equal(s["member"], s2["member"])
+
+
+def test_a_warm_start_bank_keeps_every_members_memory(run: Run) -> None:
+    """dream_starts='memory' with an ensemble: each member starts with the memory it had at
+    that real frame, C reads the feature member's (member 0, the run's own M)."""
+    wm = ensemble_world_model(run)
+    bank = memory_start_latents(wm, run.latents(), max_rows=50)
+    n, m, h = 50, wm.num_members, wm.hidden_size
+    assert bank["h_members"].shape == (n, m, h) and bank["h"].shape == (n, h)
+    assert torch.equal(bank["h"], bank["h_members"][:, 0])
+    alone = memory_start_latents(run.world_model("zh"), run.latents(), max_rows=50)
+    torch.testing.assert_close(bank["h"], alone["h"])  # the run's M alone has the same memory
+    assert not torch.allclose(bank["h_members"][:, 1], alone["h"])  # another member's own
+    warm = (bank["h_members"].abs().sum((1, 2)) > 0).float().mean()
+    assert warm > 0.5  # most rows are mid-episode, with memory
+    state = wm.start_state(bank, torch.Generator().manual_seed(0))
+    assert torch.equal(state["h_members"], bank["h_members"]) and torch.equal(state["h"], bank["h"])
+    state, reward, _ = wm.step(state, torch.zeros(n, 1))
+    assert torch.isfinite(reward).all()
+    cold = {k: bank[k] for k in ("mu", "logvar", "h", "c")}
+    with pytest.raises(ValueError, match="every member's"):
+        wm.start_state(cold)
 
 
 def test_controller_trains_with_pessimism_and_acts_in_reality(run: Run, one_thread: None) -> None:

@@ -238,25 +238,10 @@ def _catch_debug() -> RunConfig:
     cfg = _catch()
     cfg.preset = "catch-debug"
     cfg.collect_episodes = 20
-    cfg.vae_train = TrainConfig(
-        steps=30,
-        batch_size=32,
-        lr=1e-3,
-        log_every=10,
-        checkpoint_every=20,
-        progress=False,
-        tensorboard=False,
-    )
+    quiet = {"progress": False, "tensorboard": False, "log_every": 10, "checkpoint_every": 20}
+    cfg.vae_train = TrainConfig(steps=30, batch_size=32, lr=1e-3, **quiet)
     cfg.mdnrnn = MDNRNNConfig(hidden_size=32)
-    cfg.mdnrnn_train = TrainConfig(
-        steps=30,
-        batch_size=8,
-        lr=1e-3,
-        log_every=10,
-        checkpoint_every=20,
-        progress=False,
-        tensorboard=False,
-    )
+    cfg.mdnrnn_train = TrainConfig(steps=30, batch_size=8, lr=1e-3, **quiet)
     cfg.seq_len = 16
     cfg.evolve = EvolveConfig(
         generations=2,

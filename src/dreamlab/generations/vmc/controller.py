@@ -296,11 +296,6 @@ def _evolve_controller(
             atomic_write_json(chosen, {"setting": cfg.dream_precision, "precision": precision})
         world_model = run.world_model(inputs, precision, round_).to(cfg.dream_device)
     ccfg = _controller_config(run, world_model, inputs)
-    if cfg.dream_starts == "memory" and pessimism is not None:
-        raise RunError(
-            "dream_starts='memory' computes one M's memory; the ensemble's dream "
-            "(--pessimism) keeps one per member, so use dream_starts='all' with it"
-        )
     start = dream_start_bank(run, world_model, round_)
     held = run.controller(incumbent) if incumbent is not None else None
     if held is not None:

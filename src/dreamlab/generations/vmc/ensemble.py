@@ -252,9 +252,23 @@ class EnsembleWorldModel(VMWorldModel):
         member is drawn here.
 
         Args:
-            start: ``{"mu": (B, Z), "logvar": (B, Z)}`` rows of a start bank.
+            start: ``{"mu": (B, Z), "logvar": (B, Z)}`` rows of a start bank; a warm bank
+                adds ``"h"``/``"c"`` ``(B, H)`` and every member's, ``"h_members"``/
+                ``"c_members"`` ``(B, M, H)``.
         """
         state = super().start_state(start, generator)
+        if "h" in start:
+            # a warm bank (memory_start_latents): each member's memory at that real frame
+            want = tuple(state["h_members"].shape)
+            for key in ("h_members", "c_members"):
+                if key not in start or tuple(start[key].shape) != want:
+                    got = tuple(start[key].shape) if key in start else "nothing"
+                    raise ValueError(
+                        f"EnsembleWorldModel.start_state: a warm start bank needs every member's "
+                        f"memory, {key!r} of shape {want}, got {got}; build it with "
+                        "memory_start_latents(ensemble, store)"
+                    )
+                state[key] = start[key].to(self.device, torch.float32)
         if self.member_sampling == "per_dream":
             b = state["z"].shape[0]
             state["member"] = torch.randint(

@@ -146,7 +146,7 @@ class VMWorldModel:
             out.logit_pi.float(), out.mu.float(), out.log_sigma.float(), temperature, generator
         )  # (B, Z)
         terminated = self.terminated(out.termination_logit, generator)  # (B,)
-        h, c = out.hidden[0][0].float(), out.hidden[1][0].float()  # (B, H) each
+        h, c = out.hidden[0][0], out.hidden[1][0]  # (B, H) each
         return {"z": z_next, "h": h, "c": c}, out.reward.float(), terminated
 
     def terminated(
@@ -259,13 +259,15 @@ def memory_start_latents(
     :func:`start_latents_from_store` (``frames='all'``) the memory starts at zero.
 
     Args:
-        world_model: the V+M whose M computes the memory.
+        world_model: the V+M whose M computes the memory (an ensemble's members each keep
+            their own, under ``h_members``/``c_members``).
         store: a latent ``EpisodeStore`` (``mu``, ``logvar``, ``action``).
         max_rows: keep at most this many rows (evenly spaced) to bound memory.
         batch_size: episodes run through M at once.
 
     Returns:
-        ``{"mu", "logvar": (N, Z), "h", "c": (N, H)}`` float32 CPU tensors.
+        ``{"mu", "logvar": (N, Z), "h", "c": (N, H)}`` float32 CPU tensors, plus
+        ``"h_members", "c_members": (N, M, H)`` for an ensemble.
     """
     where = getattr(store, "path", "the store")
     episodes: list[Mapping[str, np.ndarray]] = []
@@ -277,8 +279,10 @@ def memory_start_latents(
         episodes.append(ep)
     if not episodes:
         raise ValueError(f"{where}: holds no episodes")
-    dev = world_model.device
-    rows: dict[str, list[torch.Tensor]] = {"mu": [], "logvar": [], "h": [], "c": []}
+    ensemble = hasattr(world_model, "members")
+    feature = int(getattr(world_model, "feature_member", 0))
+    keys = ("mu", "logvar", "h", "c") + (("h_members", "c_members") if ensemble else ())
+    rows: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
     for first in range(0, len(episodes), batch_size):
         chunk = episodes[first : first + batch_size]
         lengths = [len(ep["mu"]) for ep in chunk]  # observations T+1 per episode
@@ -292,22 +296,40 @@ def memory_start_latents(
             if lengths[j] > 1:
                 a = world_model.encode_action(torch.from_numpy(np.array(ep["action"])))
                 act[j, : lengths[j] - 1] = a.cpu()
-        state = world_model.initial_state(b)
-        hs, cs = [state["h"]], [state["c"]]  # memory before observation t
-        for t in range(longest - 1):
-            a = act[:, t].to(dev)  # (b, A)
-            out = world_model.mdnrnn.step(
-                mu[:, t].to(dev), a, (state["h"].unsqueeze(0), state["c"].unsqueeze(0))
-            )
-            state = {"h": out.hidden[0][0], "c": out.hidden[1][0]}
-            hs.append(state["h"])
-            cs.append(state["c"])
-        h_all, c_all = torch.stack(hs, 1).cpu(), torch.stack(cs, 1).cpu()  # (b, T+1, H)
+        # every member of an ensemble keeps its own memory; a V+M has one member, M
+        h_all, c_all = _memories(world_model, mu, act)  # (b, T+1, M, H) each
         for j, ep in enumerate(chunk):
             n = lengths[j]
             rows["mu"].append(mu[j, :n])
             rows["logvar"].append(torch.from_numpy(np.array(ep["logvar"], np.float32)))
-            rows["h"].append(h_all[j, :n])
-            rows["c"].append(c_all[j, :n])
+            rows["h"].append(h_all[j, :n, feature])
+            rows["c"].append(c_all[j, :n, feature])
+            if ensemble:
+                rows["h_members"].append(h_all[j, :n])
+                rows["c_members"].append(c_all[j, :n])
     bank = thin_bank({key: torch.cat(value).float() for key, value in rows.items()}, max_rows)
     return {key: value.contiguous() for key, value in bank.items()}
+
+
+def _memories(
+    world_model: VMWorldModel, mu: torch.Tensor, act: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run each of the world model's M over padded episodes ``mu (b, T+1, Z)``, ``act (b, T, A)``
+    from zero memory; returns ``h``, ``c`` before each observation, ``(b, T+1, M, H)`` on the CPU
+    (M = 1 for a V+M, the members of an ensemble)."""
+    members = list(getattr(world_model, "members", [world_model.mdnrnn]))
+    dev = world_model.device
+    b, steps = mu.shape[0], mu.shape[1] - 1
+    h_out, c_out = [], []
+    for member in members:
+        h = torch.zeros(b, world_model.hidden_size, device=dev)  # (b, H)
+        c = torch.zeros_like(h)
+        hs, cs = [h], [c]  # memory before observation t
+        for t in range(steps):
+            out = member.step(mu[:, t].to(dev), act[:, t].to(dev), (h.unsqueeze(0), c.unsqueeze(0)))
+            h, c = out.hidden[0][0], out.hidden[1][0]
+            hs.append(h)
+            cs.append(c)
+        h_out.append(torch.stack(hs, 1).float().cpu())  # (b, T+1, H)
+        c_out.append(torch.stack(cs, 1).float().cpu())
+    return torch.stack(h_out, 2), torch.stack(c_out, 2)
