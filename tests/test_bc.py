@@ -69,7 +69,9 @@ def test_bc_from_pixels_learns_catch(
         demos32,
         tmp_path / "bc",
         cfg,
-        TrainConfig(steps=400, batch_size=32, lr=2e-3, seed=seed, **QUIET),
+        # 600 steps: over seeds 0-19, final loss 0.024-0.061, catch rate 0.62-0.84; 400 left
+        # seed 19 under-fit (loss 0.121, catch rate 0.46; BENCHMARKS.md, issue 28)
+        TrainConfig(steps=600, batch_size=32, lr=2e-3, seed=seed, **QUIET),
     )
     check("final loss", result.metrics["bc/train/loss"], "<", 0.1)
     policy = BCPolicy.load(tmp_path / "bc")
@@ -84,7 +86,7 @@ def test_bc_from_pixels_learns_catch(
             progress=False,
         )
         scores[name] = res.summary()["catch_rate"]
-    # measured (seeds 0-2): bc 0.62, 0.71, 0.62 (final loss 0.056-0.070); random 0.29
+    # seeds 0-19: bc - random 0.32-0.67 (median 0.48); random ~0.27
     check("bc catch rate", scores["bc"], ">", 0.45)
     check("bc catch rate - random's", scores["bc"] - scores["random"], ">", 0.15)
     source = json.loads((tmp_path / "bc" / "bc.json").read_text())
