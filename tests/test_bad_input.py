@@ -9,6 +9,7 @@ a second writer on a run, and a run directory naming a module to import.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -107,6 +109,32 @@ def test_a_config_json_with_wrong_fields_is_one_line_naming_the_field(
     _refused(capsys, [command, "--run", str(run)], run, f"{run}/config.json", says)
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "says"),
+    [
+        ("evolve.json", "[1]", "expected an object with the run's 'config'"),
+        ("precision.json", '{"setting": "auto", "precision": "fp8"}', "'float32' or 'bfloat16'"),
+        ("precision.json", "[]", "'float32' or 'bfloat16'"),
+    ],
+    ids=["evolve-not-an-object", "precision-unknown", "precision-not-an-object"],
+)
+def test_a_controllers_record_edited_by_hand_is_one_line_naming_it(
+    small_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    text: str,
+    says: str,
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    (run / "controller" / name).write_text(text)
+    argv = ["train-controller", "--run", str(run)]
+    _refused(capsys, argv, run, f"{run}/controller/{name}", says)
+
+
 def test_a_field_the_file_never_had_takes_its_default(small_run: Path, tmp_path: Path) -> None:
     """A later dreamlab adds fields: a config written before them (its key digest matching the
     keys it has) loads with their defaults; the same key removed by hand is an error."""
@@ -127,6 +155,36 @@ def test_a_field_the_file_never_had_takes_its_default(small_run: Path, tmp_path:
     data["keys"] = key_digest(data["config"])  # as the older version wrote it
     path.write_text(json.dumps(data))
     assert Run.open(run).config.iterate_keep_best is False
+
+
+@pytest.mark.parametrize("kind", ["rssm", "diffusion"])
+def test_a_nested_key_removed_by_hand_is_an_error_in_every_generation(
+    kind: str, tmp_path: Path
+) -> None:
+    """Dreamer and diffusion runs, like V/M/C ones: a key deleted from config.json by hand
+    (the recorded key digest no longer matches) names the field instead of taking a default."""
+    from dreamlab.generations.diffusion.train import TrainDiffusionConfig
+    from dreamlab.generations.rssm.config import DreamerConfig, get_dreamer_preset
+    from dreamlab.rundir import RunError, read_run_config, write_run_config
+
+    if kind == "rssm":
+        cls: Any = DreamerConfig
+        config, nested, key = (
+            get_dreamer_preset("catch-dreamer-debug").to_json(),
+            "imagination",
+            "horizon",
+        )
+    else:
+        cls = TrainDiffusionConfig
+        config, nested, key = dataclasses.asdict(TrainDiffusionConfig()), "agent", "rounds"
+    write_run_config(tmp_path, kind, config)
+    assert cls.from_json(read_run_config(tmp_path)[1]) == cls.from_json(config)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    del data["config"][nested][key]
+    path.write_text(json.dumps(data))
+    with pytest.raises((ValueError, RunError), match=rf"\['{key}'\] are missing"):
+        cls.from_json(read_run_config(tmp_path)[1])
 
 
 # --------------------------------------------------------------------------------- envs

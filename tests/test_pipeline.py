@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -146,7 +148,13 @@ def test_cli_dream_writes_a_video(debug_run: Path, tmp_path: Path) -> None:
 
 
 def test_raced_restarts_continue_the_best_seed_and_resume(debug_run: Path) -> None:
-    from dreamlab.generations.vmc.controller import RESTARTS_FILE, stage_controller
+    from dreamlab.checkpoint import CheckpointError
+    from dreamlab.generations.vmc.controller import (
+        RESTARTS_FILE,
+        check_controller_resume,
+        race_restarts,
+        stage_controller,
+    )
     from dreamlab.train.evolve import EvolveConfig
 
     ecfg = EvolveConfig(
@@ -181,6 +189,20 @@ def test_raced_restarts_continue_the_best_seed_and_resume(debug_run: Path) -> No
     again = stage_controller(run, "zh", ecfg, name="raced")
     assert (out / RESTARTS_FILE).stat().st_mtime_ns == stamp
     assert again.resumed_from == 3
+    # killed while the winner's copy was moved into place: restarts.json still in .commit/
+    for resume in (
+        lambda: check_controller_resume(run, "raced", ecfg),
+        lambda: race_restarts(run, "zh", ecfg, "raced"),
+    ):
+        (out / ".commit").mkdir()
+        (out / RESTARTS_FILE).rename(out / ".commit" / RESTARTS_FILE)
+        resume()
+        assert (out / RESTARTS_FILE).exists() and not (out / ".commit").exists()
+    # a race cut short refuses a setting that shapes its restarts before anything is recorded
+    shutil.copytree(out / "restarts", debug_run / "cut" / "restarts")
+    check_controller_resume(run, "cut", ecfg)
+    with pytest.raises(CheckpointError, match="seed_5: checkpoint has population 4"):
+        check_controller_resume(run, "cut", dataclasses.replace(ecfg, population_size=6))
     with pytest.raises(ValueError, match="eval_every must be > 0"):
         EvolveConfig(restarts=2, eval_every=0)
     with pytest.raises(ValueError, match="restart_generations"):

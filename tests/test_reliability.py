@@ -189,6 +189,34 @@ def _straight(tmp_path: Path, total: int) -> VAE:
     return model
 
 
+def test_a_reader_finishing_a_unit_never_deletes_the_writers_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """play and export-video read without the lock: a reader that finishes a cut-short unit
+    while the writer commits its next one leaves that one for its writer to move in."""
+    import dreamlab.io as io_mod
+
+    (tmp_path / COMMITTED_DIR).mkdir()
+    (tmp_path / COMMITTED_DIR / "model.safetensors").write_bytes(b"old unit")
+    real_fsync = io_mod._fsync_dir
+    injected = []
+
+    def writer_commits_meanwhile(path: Path) -> None:
+        if not injected:  # the reader has moved the old unit in; the writer's next lands now
+            (tmp_path / COMMITTED_DIR / "model.safetensors").write_bytes(b"next unit")
+            injected.append(path)
+        real_fsync(path)
+
+    monkeypatch.setattr(io_mod, "_fsync_dir", writer_commits_meanwhile)
+    settle(tmp_path)
+    monkeypatch.setattr(io_mod, "_fsync_dir", real_fsync)
+    assert (tmp_path / "model.safetensors").read_bytes() == b"old unit"
+    assert (tmp_path / COMMITTED_DIR / "model.safetensors").read_bytes() == b"next unit"
+    settle(tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == b"next unit"
+    assert not (tmp_path / COMMITTED_DIR).exists()
+
+
 @pytest.mark.parametrize(
     "kill_at",
     [1, 3, 5, 7],

@@ -15,6 +15,7 @@ one sentence naming the file and what to do, which the ``dreamlab`` command prin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -262,7 +263,7 @@ def finish_commit(root: str | os.PathLike[str]) -> bool:
     """Move the files of a committed unit (``ROOT/.commit/``) into place; whether there was one.
 
     Safe to run from several processes at once: each rename happens once, the others find the
-    file gone.
+    file gone, and only emptied directories are removed.
     """
     committed = Path(root) / COMMITTED_DIR
     if not committed.is_dir():
@@ -280,7 +281,11 @@ def finish_commit(root: str | os.PathLike[str]) -> bool:
             touched.add(dest_dir)
     for path in touched:
         _fsync_dir(path)
-    shutil.rmtree(committed, ignore_errors=True)
+    # only what is empty: a writer may already have committed its next unit here, which a
+    # reader (play, export-video take no lock) must not delete
+    for dirpath, _, _ in os.walk(committed, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)
     return True
 
 

@@ -16,6 +16,7 @@ opens the env just to read it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -104,11 +105,16 @@ def run_kind(path: str | Path) -> str | None:
 
 def write_run_config(path: str | Path, kind: str, config: Mapping[str, Any]) -> None:
     """Write ``RUN/config.json`` atomically as ``{"kind": kind, "config": config, "keys":
-    digest}``."""
+    digest}`` (not at all when it already says that)."""
     record = jsonable(dict(config))
-    atomic_write_json(
-        Path(path) / CONFIG_FILE, {"kind": kind, "config": record, "keys": key_digest(record)}
-    )
+    data = {"kind": kind, "config": record, "keys": key_digest(record)}
+    file = Path(path) / CONFIG_FILE
+    try:
+        if json.loads(file.read_text()) == data:
+            return  # unchanged: a refused command must leave the run's files as they were
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(file, data)
 
 
 def check_same_settings(

@@ -179,9 +179,13 @@ def check_evolve_resume(out_dir: str | Path, cfg: EvolveConfig) -> None:
     settle(out)
     if not (out / STATE_FILE).exists() or not (out / "evolve.json").exists():
         return
-    saved = read_json(out / "evolve.json", "CMA-ES settings").get("config")
+    record = read_json(out / "evolve.json", "CMA-ES settings")
+    saved = record.get("config") if isinstance(record, dict) else None
     if not isinstance(saved, dict):
-        return
+        raise CheckpointError(
+            f"{out / 'evolve.json'}: expected an object with the run's 'config'; it cannot be "
+            f"resumed without its settings: delete {out} to start again"
+        )
     given = dataclasses.asdict(cfg)
     if saved.get("population_size", cfg.population_size) != cfg.population_size:
         raise CheckpointError(

@@ -46,6 +46,7 @@ from dreamlab.rundir import (
     write_run_config,
 )
 from dreamlab.train.fit import TrainConfig, fit
+from dreamlab.typed import FullRecord
 from dreamlab.worldmodel import ActionSpec
 
 __all__ = [
@@ -107,14 +108,14 @@ class TrainDiffusionConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "config.json") -> TrainDiffusionConfig:
         """Rebuild from the ``config`` of ``RUN/config.json`` (the agent's settings included)."""
+        complete = isinstance(data, FullRecord)  # a run config that lost keys by hand
         values = dict(data)
         try:
             if isinstance(values.get("agent"), dict):
-                values["agent"] = config_from_dict(DreamQConfig, values["agent"], f"{source}:agent")
-            for key in ("out", "data"):
-                if values.get(key) is not None:
-                    values[key] = Path(values[key])
-            return config_from_dict(cls, values, source)
+                values["agent"] = config_from_dict(
+                    DreamQConfig, values["agent"], f"{source}:agent", complete=complete
+                )
+            return config_from_dict(cls, values, source, complete=complete)
         except CheckpointError as e:
             raise RunError(str(e)) from None
 

@@ -135,19 +135,48 @@ def stage_controller(
     return timed(run.path, key, work)
 
 
+_FLOATS = ("float32", "bfloat16")
+
 RESTARTS_FILE = "restarts.json"
 """``RUN/NAME/restarts.json``: the raced restarts' scores and the seed that continued"""
 
 
+def _chosen_seed(record: Path) -> int:
+    """The seed that won the race recorded in ``RUN/NAME/restarts.json``."""
+    data = read_json(record, "restarts")
+    chosen = data.get("chosen_seed") if isinstance(data, dict) else None
+    if not isinstance(chosen, int) or isinstance(chosen, bool):
+        raise RunError(
+            f"{record}: expected an object with an integer 'chosen_seed', got {chosen!r}; "
+            f"delete {record.parent} to train this C again"
+        )
+    return chosen
+
+
+def _restart_probe(ecfg: EvolveConfig) -> EvolveConfig:
+    """The settings of each raced restart (seed ``ecfg.seed + r``, set per restart)."""
+    return dataclasses.replace(
+        ecfg, generations=ecfg.restart_generations, restarts=1, progress=False, tensorboard=False
+    )
+
+
 def check_controller_resume(run: Run, name: str, ecfg: EvolveConfig) -> None:
-    """Raise unless the C in ``RUN/name`` (if any) can resume with ``ecfg`` (a raced run
-    continues with the seed that won, recorded beside it); see
-    :func:`~dreamlab.train.evolve.check_evolve_resume`."""
-    record = run / name / RESTARTS_FILE
+    """Raise unless the C in ``RUN/name`` (if any) can resume with ``ecfg``: a raced run
+    continues with the seed that won, recorded beside it, and a race cut short resumes each
+    restart; see :func:`~dreamlab.train.evolve.check_evolve_resume`."""
+    out = run / name
+    settle(out)  # a copy of the race's winner that a kill cut short
+    record = out / RESTARTS_FILE
     if ecfg.restarts > 1 and record.exists():
-        chosen = int(read_json(record, "restarts")["chosen_seed"])
-        ecfg = dataclasses.replace(ecfg, seed=chosen, restarts=1)
-    check_evolve_resume(run / name, ecfg)
+        ecfg = dataclasses.replace(ecfg, seed=_chosen_seed(record), restarts=1)
+    elif ecfg.restarts > 1:
+        probe = _restart_probe(ecfg)
+        for r in range(ecfg.restarts):
+            seed = ecfg.seed + r
+            check_evolve_resume(
+                out / "restarts" / f"seed_{seed}", dataclasses.replace(probe, seed=seed)
+            )
+    check_evolve_resume(out, ecfg)
 
 
 def _restart_job(
@@ -159,12 +188,14 @@ def _restart_job(
     round_: int | None = None,
     incumbent: str | None = None,
 ) -> float:
-    """One raced restart: returns the best many-rollout score of its mean."""
+    """One raced restart: returns the best many-rollout score of its search's means (an
+    incumbent C rides along in every restart, so it cannot rank them)."""
     run = Run.open(Path(run_path))
     result = _evolve_controller(run, inputs, ecfg, name, pessimism, round_, incumbent)
-    if result.best_eval_return is None:
+    means = [r["controller/eval/return"] for r in result.history if "controller/eval/return" in r]
+    if not means:
         raise RunError(f"restart {name}: no evaluation of the mean ran")
-    return float(result.best_eval_return)
+    return float(max(means))
 
 
 def race_restarts(
@@ -190,6 +221,7 @@ def race_restarts(
     the race when the copy was finished.
     """
     out = run / name
+    settle(out)  # a copy of the winner that a kill cut short
     record = out / RESTARTS_FILE
     if (out / STATE_FILE).exists():
         if not record.exists():
@@ -197,10 +229,8 @@ def race_restarts(
                 f"{out} holds a CMA-ES state from a run without restarts; use another --name or "
                 "remove the directory"
             )
-        return int(read_json(record)["chosen_seed"])
-    probe = dataclasses.replace(
-        ecfg, generations=ecfg.restart_generations, restarts=1, progress=False, tensorboard=False
-    )
+        return _chosen_seed(record)
+    probe = _restart_probe(ecfg)
     seeds = [ecfg.seed + r for r in range(ecfg.restarts)]
     names = {seed: f"{name}/restarts/seed_{seed}" for seed in seeds}
     jobs = {seed: dataclasses.replace(probe, seed=seed) for seed in seeds}
@@ -288,6 +318,11 @@ def _evolve_controller(
         # the precision it began with
         chosen = run / name / "precision.json"
         saved = read_json(chosen, "precision") if chosen.exists() else {}
+        if not isinstance(saved, dict) or saved.get("precision", "float32") not in _FLOATS:
+            raise RunError(
+                f"{chosen}: expected {{'setting': ..., 'precision': 'float32' or 'bfloat16'}}, "
+                f"got {saved!r}; delete it to decide the precision again"
+            )
         if saved.get("setting") == cfg.dream_precision:
             precision = saved["precision"]
         else:
