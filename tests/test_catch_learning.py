@@ -124,8 +124,10 @@ def test_m_predicts_dynamics_reward_and_termination_on_unseen_episodes(
     from dreamlab.data.store import EpisodeStore
 
     latents = EpisodeStore.open(held_out[1])
+    # seeds 0-19 (BENCHMARKS.md, issue 28): round 0's M 0.768-0.896, the last M 0.729-0.940;
+    # "always a miss" or a coin scores 0.5
     first = _m_on_episodes(run.mdnrnn(0).eval(), latents)
-    check("round-0 M reward sign balanced recall", _reward_recall(first)[0], ">", 0.75)
+    check("round-0 M reward sign balanced recall", _reward_recall(first)[0], ">", 0.7)
     scores = _m_on_episodes(run.mdnrnn().eval(), latents)
     check("next-z error / still error", scores["pred"].mean() / scores["still"].mean(), "<", 0.5)
     recall, both = _reward_recall(scores)

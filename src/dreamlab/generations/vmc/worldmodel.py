@@ -146,7 +146,7 @@ class VMWorldModel:
             out.logit_pi.float(), out.mu.float(), out.log_sigma.float(), temperature, generator
         )  # (B, Z)
         terminated = self.terminated(out.termination_logit, generator)  # (B,)
-        h, c = out.hidden[0][0], out.hidden[1][0]  # (B, H) each
+        h, c = out.hidden[0][0].float(), out.hidden[1][0].float()  # (B, H) each
         return {"z": z_next, "h": h, "c": c}, out.reward.float(), terminated
 
     def terminated(
