@@ -134,7 +134,7 @@ def test_train_controller_keeps_its_dream_precision_when_resumed(
     def measure_again(*args: object, **kwargs: object) -> str:
         raise AssertionError("a resumed run measured its dream precision again")
 
-    monkeypatch.setattr("dreamlab.generations.vmc.controller.dream_precision", measure_again)
+    monkeypatch.setattr("dreamlab.generations.vmc.precision.dream_precision", measure_again)
     assert cli_main([*argv, "--generations", "3"]) == 0  # resumes in the saved precision
     rows = read_jsonl(checked_run / "controller_p" / "metrics.jsonl")
     assert [r["generation"] for r in rows if "controller/train/best" in r][-1] == 3

@@ -56,8 +56,8 @@ COMMITTED_DIR = ".commit"
 reader or writer)"""
 
 # Names of interrupted writes: ours (".{target}.<random>.tmp{suffix}", see atomic_path) and the
-# ".tmpXXXXXX" files that safetensors' save_file made beside its target before dreamlab stopped
-# handing it paths.
+# ".tmp" + six random characters that safetensors' save_file made beside its target in runs
+# written before dreamlab wrote safetensors bytes itself.
 _TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp(\.\w+)?$|^\.tmp[A-Za-z0-9]{6}$")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 

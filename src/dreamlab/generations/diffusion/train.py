@@ -46,7 +46,6 @@ from dreamlab.rundir import (
     write_run_config,
 )
 from dreamlab.train.fit import TrainConfig, fit
-from dreamlab.typed import FullRecord
 from dreamlab.worldmodel import ActionSpec
 
 __all__ = [
@@ -108,14 +107,8 @@ class TrainDiffusionConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "config.json") -> TrainDiffusionConfig:
         """Rebuild from the ``config`` of ``RUN/config.json`` (the agent's settings included)."""
-        complete = isinstance(data, FullRecord)  # a run config that lost keys by hand
-        values = dict(data)
-        try:
-            if isinstance(values.get("agent"), dict):
-                values["agent"] = config_from_dict(
-                    DreamQConfig, values["agent"], f"{source}:agent", complete=complete
-                )
-            return config_from_dict(cls, values, source, complete=complete)
+        try:  # the agent's too; a FullRecord (keys removed by hand) needs every field
+            return config_from_dict(cls, data, source)
         except CheckpointError as e:
             raise RunError(str(e)) from None
 

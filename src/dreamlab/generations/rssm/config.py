@@ -17,7 +17,6 @@ from dreamlab.checkpoint import CheckpointError, config_from_dict
 from dreamlab.models.rssm import RSSMConfig, rssm_preset
 from dreamlab.rundir import RunError
 from dreamlab.train.imagination import ImaginationConfig
-from dreamlab.typed import FullRecord
 from dreamlab.worldmodel import ActionSpec
 
 __all__ = ["DREAMER_PRESETS", "KIND", "DreamerConfig", "DreamerResult", "get_dreamer_preset"]
@@ -128,18 +127,8 @@ class DreamerConfig:
         """Rebuild from :meth:`to_json` output (nested configs included)."""
         if not isinstance(data, dict):
             raise ValueError(f"{source}: expected a JSON object")
-        complete = isinstance(data, FullRecord)  # a run config that lost keys by hand
-        values = dict(data)
-        if values.get("rssm") is not None:
-            values["rssm"] = config_from_dict(
-                RSSMConfig, values["rssm"], f"{source}:rssm", complete=complete
-            )
-        if "imagination" in values:
-            values["imagination"] = config_from_dict(
-                ImaginationConfig, values["imagination"], f"{source}:imagination", complete=complete
-            )
-        try:
-            return config_from_dict(cls, values, source, complete=complete)
+        try:  # nested configs too; a FullRecord (keys removed by hand) needs every field
+            return config_from_dict(cls, data, source)
         except CheckpointError as e:
             raise ValueError(str(e)) from None
 

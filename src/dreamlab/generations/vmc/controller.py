@@ -23,7 +23,7 @@ from dreamlab.checkpoint import has_model, read_config
 from dreamlab.dream import dream_feature_stats
 from dreamlab.generations.vmc.agent import WorldModelAgentFactory
 from dreamlab.generations.vmc.config import RunConfig
-from dreamlab.generations.vmc.precision import dream_precision
+from dreamlab.generations.vmc.precision import kept_precision
 from dreamlab.generations.vmc.run import Run
 from dreamlab.generations.vmc.uncertainty import controller_world_model
 from dreamlab.generations.vmc.worldmodel import (
@@ -31,7 +31,7 @@ from dreamlab.generations.vmc.worldmodel import (
     memory_start_latents,
     start_latents_from_store,
 )
-from dreamlab.io import atomic_write_json, commit_files, read_json, settle
+from dreamlab.io import commit_files, read_json, settle
 from dreamlab.models.controller import Controller, ControllerConfig
 from dreamlab.progress import tqdm
 from dreamlab.rundir import RunError, timed
@@ -135,8 +135,6 @@ def stage_controller(
     return timed(run.path, key, work)
 
 
-_FLOATS = ("float32", "bfloat16")
-
 RESTARTS_FILE = "restarts.json"
 """``RUN/NAME/restarts.json``: the raced restarts' scores and the seed that continued"""
 
@@ -153,11 +151,14 @@ def _chosen_seed(record: Path) -> int:
     return chosen
 
 
-def _restart_probe(ecfg: EvolveConfig) -> EvolveConfig:
-    """The settings of each raced restart (seed ``ecfg.seed + r``, set per restart)."""
-    return dataclasses.replace(
+def _restarts(name: str, ecfg: EvolveConfig) -> dict[int, tuple[EvolveConfig, str]]:
+    """The raced restarts of ``RUN/name`` by seed: each one's settings and its directory under
+    the run (``name/restarts/seed_S``)."""
+    probe = dataclasses.replace(
         ecfg, generations=ecfg.restart_generations, restarts=1, progress=False, tensorboard=False
     )
+    seeds = range(ecfg.seed, ecfg.seed + ecfg.restarts)
+    return {s: (dataclasses.replace(probe, seed=s), f"{name}/restarts/seed_{s}") for s in seeds}
 
 
 def check_controller_resume(run: Run, name: str, ecfg: EvolveConfig) -> None:
@@ -170,12 +171,8 @@ def check_controller_resume(run: Run, name: str, ecfg: EvolveConfig) -> None:
     if ecfg.restarts > 1 and record.exists():
         ecfg = dataclasses.replace(ecfg, seed=_chosen_seed(record), restarts=1)
     elif ecfg.restarts > 1:
-        probe = _restart_probe(ecfg)
-        for r in range(ecfg.restarts):
-            seed = ecfg.seed + r
-            check_evolve_resume(
-                out / "restarts" / f"seed_{seed}", dataclasses.replace(probe, seed=seed)
-            )
+        for settings, where in _restarts(name, ecfg).values():
+            check_evolve_resume(run / where, settings)
     check_evolve_resume(out, ecfg)
 
 
@@ -230,13 +227,11 @@ def race_restarts(
                 "remove the directory"
             )
         return _chosen_seed(record)
-    probe = _restart_probe(ecfg)
-    seeds = [ecfg.seed + r for r in range(ecfg.restarts)]
-    names = {seed: f"{name}/restarts/seed_{seed}" for seed in seeds}
-    jobs = {seed: dataclasses.replace(probe, seed=seed) for seed in seeds}
+    jobs = _restarts(name, ecfg)  # seed -> (settings, directory), _restart_job's order
+    seeds = list(jobs)
     workers = min(len(seeds), os.cpu_count() or 1) if ecfg.backend == "dream" else 1
     print(
-        f"[dreamlab] racing {len(seeds)} CMA-ES restarts for {probe.generations} generations "
+        f"[dreamlab] racing {len(seeds)} CMA-ES restarts for {ecfg.restart_generations} generations "
         f"({workers} at a time)",
         flush=True,
     )
@@ -246,7 +241,7 @@ def race_restarts(
         if workers == 1:
             for seed in seeds:
                 scores[seed] = _restart_job(
-                    str(run.path), inputs, jobs[seed], names[seed], pessimism, round_, incumbent
+                    str(run.path), inputs, *jobs[seed], pessimism, round_, incumbent
                 )
                 bar.update(1)
         else:
@@ -263,8 +258,7 @@ def race_restarts(
                             _restart_job,
                             str(run.path),
                             inputs,
-                            jobs[seed],
-                            names[seed],
+                            *jobs[seed],
                             pessimism,
                             round_,
                             incumbent,
@@ -280,7 +274,7 @@ def race_restarts(
     for seed in seeds:
         mark = "  <- continues" if seed == chosen else ""
         print(f"[dreamlab]   seed {seed}: mean scores {scores[seed]:.3f} in the dream{mark}")
-    winner = run / names[chosen]
+    winner = run / jobs[chosen][1]
     settle(winner)
     # one unit: the record of the race and the winner's files, its CMA-ES state among them
     with commit_files(out) as commit:
@@ -289,7 +283,7 @@ def race_restarts(
         commit.write_json(
             record,
             {
-                "restart_generations": probe.generations,
+                "restart_generations": ecfg.restart_generations,
                 "scores": {str(s): scores[s] for s in seeds},
                 "chosen_seed": chosen,
             },
@@ -313,22 +307,8 @@ def _evolve_controller(
     if pessimism is not None:
         world_model = controller_world_model(run, inputs, pessimism)
     else:
-        # Run loads V and M on the CPU; the dream runs on dream_device. ``auto`` depends on the
-        # hardware, so its choice is kept beside C: a run resumed on another machine dreams in
-        # the precision it began with
-        chosen = run / name / "precision.json"
-        saved = read_json(chosen, "precision") if chosen.exists() else {}
-        if not isinstance(saved, dict) or saved.get("precision", "float32") not in _FLOATS:
-            raise RunError(
-                f"{chosen}: expected {{'setting': ..., 'precision': 'float32' or 'bfloat16'}}, "
-                f"got {saved!r}; delete it to decide the precision again"
-            )
-        if saved.get("setting") == cfg.dream_precision:
-            precision = saved["precision"]
-        else:
-            precision = dream_precision(cfg.dream_precision, cfg.dream_device)
-            (run / name).mkdir(parents=True, exist_ok=True)
-            atomic_write_json(chosen, {"setting": cfg.dream_precision, "precision": precision})
+        # Run loads V and M on the CPU; the dream runs on dream_device
+        precision = kept_precision(run / name, cfg.dream_precision, cfg.dream_device)
         world_model = run.world_model(inputs, precision, round_).to(cfg.dream_device)
     ccfg = _controller_config(run, world_model, inputs)
     start = dream_start_bank(run, world_model, round_)

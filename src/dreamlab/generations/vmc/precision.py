@@ -4,13 +4,19 @@ gives the same C whatever else the machine is doing)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
 
+from dreamlab.io import atomic_write_json, read_json
 from dreamlab.rundir import RunError
 
-__all__ = ["cpu_has_bfloat16", "dream_precision"]
+__all__ = ["PRECISION_FILE", "cpu_has_bfloat16", "dream_precision", "kept_precision"]
+
+PRECISION_FILE = "precision.json"
+"""``RUN/<C>/precision.json``: the setting and the precision it resolved to for that C"""
+_RESOLVED = ("float32", "bfloat16")
 
 
 def dream_precision(
@@ -35,3 +41,24 @@ def dream_precision(
 def cpu_has_bfloat16() -> bool:
     """Whether this CPU's oneDNN has bfloat16 kernels (AVX512-BF16, AMX)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def kept_precision(
+    directory: Path, setting: Literal["float32", "bfloat16", "auto"], device: str | torch.device
+) -> Literal["float32", "bfloat16"]:
+    """:func:`dream_precision` for the C trained in ``directory``, decided once and kept there:
+    ``auto`` depends on the hardware, so a run resumed on another machine dreams in the precision
+    it began with (a changed setting is decided again)."""
+    chosen = directory / PRECISION_FILE
+    saved = read_json(chosen, "precision") if chosen.exists() else {}
+    if not isinstance(saved, dict) or saved.get("precision", "float32") not in _RESOLVED:
+        raise RunError(
+            f"{chosen}: expected {{'setting': ..., 'precision': 'float32' or 'bfloat16'}}, "
+            f"got {saved!r}; delete it to decide the precision again"
+        )
+    if saved.get("setting") == setting:
+        return saved["precision"]  # type: ignore[no-any-return]
+    precision = dream_precision(setting, device)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(chosen, {"setting": setting, "precision": precision})
+    return precision
