@@ -74,6 +74,53 @@ class ReachBox(Reach):
         return 0 if abs(a) < 1 / 3 else int(np.sign(a))
 
 
+class Dodge(gym.Env[np.ndarray, Any]):
+    """Dodge falling rocks: a red rock falls from a random column; the blue block at the bottom
+    moves left, stays or right (``Discrete(3)``). A rock that reaches the bottom beside the block
+    pays +1 and the next one falls; one that lands on it ends the episode (``terminated``). A
+    sparse reward (+1 every 11 steps at most) and an end on failure, as in DoomTakeCover; a time
+    limit of ``steps``. Random play dodges ~3 rocks, a scripted dodger ~8 in 100 steps."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, steps: int = 100, render_mode: str | None = None) -> None:
+        self.observation_space = gym.spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
+        self.action_space = gym.spaces.Discrete(3)
+        self.steps, self.render_mode = steps, render_mode
+        self.x = self.rock_x = self.rock_y = self.t = 0
+
+    def _frame(self) -> np.ndarray:
+        frame = np.zeros((SIZE, SIZE, 3), np.uint8)
+        frame[self.rock_y : self.rock_y + BLOCK, self.rock_x : self.rock_x + BLOCK, 0] = 255
+        frame[SIZE - 4 - BLOCK : SIZE - 4, self.x : self.x + BLOCK, 2] = 255
+        return frame
+
+    def _drop(self) -> None:
+        self.rock_x, self.rock_y = int(self.np_random.integers(0, SIZE - BLOCK + 1)), 0
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.x = int(self.np_random.integers(0, SIZE - BLOCK + 1))
+        self.t = 0
+        self._drop()
+        return self._frame(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.x = int(np.clip(self.x + SPEED * (int(action) - 1), 0, SIZE - BLOCK))
+        self.rock_y += SPEED
+        self.t += 1
+        reward, hit = 0.0, False
+        if self.rock_y >= SIZE - 4 - 2 * BLOCK:  # the rock reaches the block's row
+            hit = abs(self.x - self.rock_x) < BLOCK
+            reward = 0.0 if hit else 1.0
+            if not hit:
+                self._drop()
+        return self._frame(), reward, hit, self.t >= self.steps and not hit, {}
+
+    def render(self) -> np.ndarray:
+        return self._frame()
+
+
 class NoImage(gym.Env[np.ndarray, Any]):
     """A state vector and no way to render it."""
 
@@ -158,7 +205,12 @@ def test_data_of_another_env_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_generic_config_is_sized_from_the_env_and_its_episodes(tmp_path: Path) -> None:
     from dreamlab.data.store import EpisodeStore
-    from dreamlab.generations.vmc.generic import foreground_share, generic_config
+    from dreamlab.generations.vmc.generic import (
+        DREAM_STEP_BUDGET,
+        failure_share,
+        foreground_share,
+        generic_config,
+    )
 
     for env_class, steps in (("Reach", 20), ("ReachBox", 50)):
         out = tmp_path / env_class
@@ -172,14 +224,33 @@ def test_generic_config_is_sized_from_the_env_and_its_episodes(tmp_path: Path) -
         cfg = generic_config(store, env, {"steps": steps}, seed=3)
         assert cfg.env == env and cfg.env_kwargs == {"steps": steps} and cfg.seed == 3
         assert cfg.vae.frame_size == 64
-        # two 8x8 blocks on 64x64: 3.1 % of the pixels, weighted to ~25 % of V's loss
+        # two 8x8 blocks on 64x64: 3.1 % of the pixels, weighted to ~60 % of V's loss
         assert foreground_share(store) == pytest.approx(128 / 4096, rel=0.05)
-        assert cfg.vae.foreground_weight == pytest.approx(0.25 / (128 / 4096), rel=0.05)
+        assert cfg.vae.foreground_weight == pytest.approx(0.6 / (128 / 4096), rel=0.05)
         assert cfg.vae_train.steps == 1000
         assert cfg.evolve.max_episode_steps == int(np.ceil(steps * 1.2))
         assert cfg.seq_len == min(steps, 32)
-        generations = 500_000 // (16 * 8 * cfg.evolve.max_episode_steps)
-        assert cfg.evolve.generations == min(150, max(20, generations))
+        generations = DREAM_STEP_BUDGET // (32 * 8 * cfg.evolve.max_episode_steps)
+        assert cfg.evolve.generations == min(200, max(30, generations))
+        # an env that ends on a time limit: dreams end at M's threshold, no death checks
+        assert failure_share(store) == 0.0 and cfg.dream_termination == "threshold"
+        assert not cfg.dream_checks and cfg.mdnrnn.termination_pos_weight == 10.0
+
+
+def test_an_env_that_ends_on_failure_gets_the_doom_lessons(tmp_path: Path) -> None:
+    from dreamlab.data.store import EpisodeStore
+    from dreamlab.generations.vmc.generic import failure_share, generic_config
+
+    env = f"{MODULE}:Dodge"
+    collect(CollectConfig(env=env, out=tmp_path / "d", episodes=8, workers=1, progress=False))
+    store = EpisodeStore.open(tmp_path / "d")
+    ends = [bool(store.episode(i)["terminated"][-1]) for i in store.indices]
+    assert 0 < sum(ends) and failure_share(store) == pytest.approx(np.mean(ends))
+    cfg = generic_config(store, env, {}, seed=0)
+    # M's death probability calibrated and drawn in the dream, only live dreams stepped, and
+    # the checks of the dream (M's deaths on held-out episodes, survival dream vs reality)
+    assert cfg.mdnrnn.termination_pos_weight == 1.0 and cfg.dream_termination == "sample"
+    assert cfg.evolve.compact_dreams and cfg.dream_checks and cfg.controller_normalize
 
 
 def test_a_run_from_recorded_data_links_the_store_and_records_its_env(tmp_path: Path) -> None:

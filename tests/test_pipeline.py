@@ -48,6 +48,8 @@ def test_pipeline_writes_every_artifact(debug_run: Path) -> None:
         "prediction_error.png",
         "report.md",
         "timings.json",
+        "kindness.json",
+        "vae/foreground.json",
     ]:
         assert (debug_run / name).exists(), name
     ev = json.loads((debug_run / "eval.json").read_text())
@@ -65,6 +67,15 @@ def test_pipeline_writes_every_artifact(debug_run: Path) -> None:
     assert "Scores in the real environment" in report
     assert "Dream vs reality" in report
     assert "Wall time" in report
+    # C and random play in whole dreams beside their real scores, and the verdict on top
+    kind = json.loads((debug_run / "kindness.json").read_text())
+    assert set(kind["agents"]) == {"controller", "random"}
+    for a in kind["agents"].values():
+        assert a["dream"]["episodes"] == kind["episodes"] and a["real"]["episodes"] == 4
+    assert kind["verdict"][1:] in report and "Is the dream kinder than reality?" in report
+    fg = json.loads((debug_run / "vae" / "foreground.json").read_text())
+    assert fg["frames"] == 256 and 0 <= fg["recall"] <= 1 and 0 < fg["foreground_share"] < 0.05
+    assert "of the foreground pixels" in report
     # nothing pickled anywhere in a run directory
     assert not list(debug_run.rglob("*.pt")) and not list(debug_run.rglob("*.pkl"))
 

@@ -18,7 +18,14 @@ import torch.nn.functional as F
 
 ActionSpaceKind = Literal["discrete", "continuous"]
 
-__all__ = ["ActionSpaceKind", "actions_to_tensor", "foreground_weights", "frames_to_tensor"]
+__all__ = [
+    "ActionSpaceKind",
+    "actions_to_tensor",
+    "foreground_mask",
+    "foreground_recall",
+    "foreground_weights",
+    "frames_to_tensor",
+]
 
 
 def frames_to_tensor(frames: Any, device: torch.device | str | None = None) -> torch.Tensor:
@@ -98,3 +105,20 @@ def foreground_weights(frames: torch.Tensor, weight: float, threshold: float) ->
     background = frames.flatten(-2).median(-1).values[..., None, None]  # (..., 3, 1, 1)
     diff = (frames - background).abs().amax(-3, keepdim=True)  # (..., 1, H, W)
     return 1.0 + weight * (diff > threshold).to(frames.dtype)
+
+
+def foreground_mask(frames: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """``(..., H, W)`` bool: pixels of frames ``(..., 3, H, W)`` in ``[0, 1]`` whose colour
+    differs from the frame's median colour (its background) by more than ``threshold``."""
+    return foreground_weights(frames, 1.0, threshold)[..., 0, :, :] > 1.0
+
+
+def foreground_recall(real: torch.Tensor, recon: torch.Tensor, tolerance: float = 0.25) -> float:
+    """Share of the foreground pixels of ``real`` (:func:`foreground_mask`) that ``recon`` draws
+    within ``tolerance`` of their colour in every channel (both ``(B, 3, H, W)`` in ``[0, 1]``):
+    1 when V draws every object, about the share of the objects it draws when it drops some
+    (nan with no foreground)."""
+    mask = foreground_mask(real)
+    close = (recon - real).abs().amax(-3) <= tolerance  # (B, H, W)
+    total = int(mask.sum())
+    return float((close & mask).sum()) / total if total else float("nan")

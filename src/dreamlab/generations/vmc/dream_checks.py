@@ -35,8 +35,8 @@ from matplotlib.figure import Figure
 
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.store import EpisodeStore
-from dreamlab.dream import DreamVecEnv
 from dreamlab.envs.policies import make_policy
+from dreamlab.eval.kindness import dream_episodes
 from dreamlab.generations.vmc.controller import dream_start_bank
 from dreamlab.generations.vmc.run import Run
 from dreamlab.generations.vmc.worldmodel import VMWorldModel
@@ -271,7 +271,6 @@ def boundary_check(run: Run, batches: int = 50) -> dict[str, Any]:
     }
 
 
-@torch.inference_mode()
 def dream_lengths(
     world_model: VMWorldModel,
     starts: dict[str, torch.Tensor],
@@ -284,27 +283,10 @@ def dream_lengths(
 ) -> np.ndarray:
     """Steps survived by ``policy`` (a controller over features, or a random policy with
     ``predict``) in ``episodes`` dreams, one batch in lockstep: ``(episodes,)`` int."""
-    env = DreamVecEnv(
-        world_model,
-        starts,
-        action_space,
-        num_envs=episodes,
-        temperature=temperature,
-        max_episode_steps=max_steps,
-        autoreset=False,
+    lengths, _ = dream_episodes(
+        world_model, starts, policy, action_space, episodes, temperature, max_steps, seed
     )
-    obs, _ = env.reset(seed=seed)
-    alive = np.ones(episodes, bool)
-    steps = np.zeros(episodes, np.int64)
-    while alive.any():
-        if hasattr(policy, "predict"):
-            action, _ = policy.predict(obs)
-        else:
-            action = policy(torch.as_tensor(obs)).numpy()
-        obs, _, term, trunc, _ = env.step(action)
-        steps += alive
-        alive &= ~(np.asarray(term) | np.asarray(trunc))
-    return steps
+    return lengths
 
 
 def survival_curve(lengths: np.ndarray, horizon: int) -> np.ndarray:

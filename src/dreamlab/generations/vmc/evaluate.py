@@ -23,6 +23,7 @@ from dreamlab.dream import DreamEnv
 from dreamlab.envs.policies import make_policy
 from dreamlab.eval.dream_vs_real import dream_vs_real
 from dreamlab.eval.evaluate import evaluate_policy
+from dreamlab.eval.kindness import dream_episodes, kindness, kindness_line
 from dreamlab.generations.args import DreamArgs, EvaluateArgs
 from dreamlab.generations.vmc.agent import WorldModelAgent
 from dreamlab.generations.vmc.report import controller_path, controller_round, write_report
@@ -36,7 +37,9 @@ from dreamlab.viz import write_video
 
 __all__ = [
     "EXTRA_AGENTS",
+    "KINDNESS_FILE",
     "dream",
+    "dream_kindness",
     "evaluate",
     "evaluate_agent",
     "load_agent",
@@ -192,10 +195,9 @@ def stage_dream(run: Run) -> dict[str, Any]:
         raise RunError(f"{run.path}: no episode has {need} steps for the dream-vs-real video")
     chosen = rng.choice(candidates, size=min(16, len(candidates)), replace=False)
     episodes = [store.episode(int(i)) for i in sorted(chosen)]
-    return timed(
-        run.path,
-        "dream",
-        lambda: dream_vs_real(
+
+    def work() -> dict[str, Any]:
+        out = dream_vs_real(
             run.world_model(),
             episodes,
             run.path,
@@ -203,8 +205,57 @@ def stage_dream(run: Run) -> dict[str, Any]:
             horizon=cfg.dream_horizon,
             temperature=cfg.evolve.temperature,
             seed=cfg.seed,
-        ),
+        )
+        dream_kindness(run)
+        return out
+
+    return timed(run.path, "dream", work)
+
+
+KINDNESS_FILE = "kindness.json"
+"""C's and random play's returns in whole dreams beside their real ones (:func:`dream_kindness`)"""
+
+
+def dream_kindness(run: Run, episodes: int = 256) -> dict[str, Any] | None:
+    """Is the dream kinder than reality? C (and random play) play ``episodes`` whole dreams from
+    real first frames, as long as the longest real episode, at C's training temperature and with
+    the run's dream rules; their returns beside ``eval.json``'s go to ``RUN/kindness.json``
+    (:mod:`dreamlab.eval.kindness`). Nothing without C's real score."""
+    cfg = run.config
+    evals = (
+        read_json(run / "eval.json", "eval").get("agents", {})
+        if (run / "eval.json").exists()
+        else {}
     )
+    if "controller" not in evals or not has_model(run / "controller"):
+        return None
+    wm = run.world_model()
+    starts = [start_latents_from_store(s, frames="first") for s in run.round_latents(None)]
+    bank = {k: torch.cat([b[k] for b in starts]) for k in starts[0]}
+    longest = max([*run.data().lengths, *evals["controller"].get("lengths", [])])
+    space = run.action_space()
+    policies = {
+        "controller": run.controller(),
+        "random": make_policy("random", space, seed=cfg.seed),
+    }
+    agents = {}
+    for name, policy in policies.items():
+        if name in evals:
+            _, returns = dream_episodes(
+                wm, bank, policy, space, episodes, cfg.evolve.temperature, longest, cfg.seed
+            )
+            agents[name] = kindness(returns, evals[name])
+    out = {
+        "episodes": episodes,
+        "max_steps": int(longest),
+        "temperature": cfg.evolve.temperature,
+        "termination": cfg.dream_termination,
+        "agents": agents,
+        "verdict": kindness_line(agents),
+    }
+    atomic_write_json(run / KINDNESS_FILE, out)
+    print(f"[dreamlab] {out['verdict']}", flush=True)
+    return out
 
 
 # ------------------------------------------------------------------------------------ commands

@@ -12,6 +12,14 @@ episode store made by ``collect``, ``import`` or ``import-minari``) starts a run
 - CMA-ES's generations from a budget of imagined steps (fewer generations for longer dreams);
 - one round of the paper's iterative procedure (C's own play fine-tunes M), no V-only ablation.
 
+What made the Doom run work carries over to an env whose episodes end on failure (any collected
+episode ends ``terminated``): M learns deaths unweighted, so its probability is calibrated, and
+the dream draws each death from it (``dream_termination='sample'``; a 0.5 threshold almost never
+ends a dream, so the dream never kills and C learns nothing about dying); only live dreams are
+stepped; the ``checks`` stage measures M's deaths on held-out episodes and survival in the dream
+beside reality. Every run measures whether its dream is kinder than reality (``kindness.json``,
+the report's first section after the scores).
+
 The resolved config is written to ``RUN/config.json`` (env and env keywords included), so
 ``dreamlab pipeline --run R`` resumes it like any preset's run.
 """
@@ -35,12 +43,20 @@ from dreamlab.rundir import RunError, store_action_space
 from dreamlab.train.evolve import EvolveConfig
 from dreamlab.train.fit import TrainConfig
 
-__all__ = ["DREAM_STEP_BUDGET", "GENERIC", "foreground_share", "generic_config", "prepare_data"]
+__all__ = [
+    "DREAM_STEP_BUDGET",
+    "GENERIC",
+    "failure_share",
+    "foreground_share",
+    "generic_config",
+    "prepare_data",
+]
 
 GENERIC = "generic"
 """the preset name a run sized from its env and data records"""
-DREAM_STEP_BUDGET = 500_000
-"""imagined steps CMA-ES may spend (population x rollouts x dream length x generations)"""
+DREAM_STEP_BUDGET = 4_000_000
+"""imagined steps CMA-ES may spend (population x rollouts x dream length x generations; dreams
+that end early spend less)"""
 COLLECT_EPISODES = 200
 """random-policy episodes collected for a new run"""
 
@@ -143,6 +159,13 @@ def foreground_share(store: EpisodeStore, frames: int = 256) -> float:
     return float((weights - 1.0).mean())
 
 
+def failure_share(store: EpisodeStore) -> float:
+    """Share of ``store``'s episodes whose last step is ``terminated`` (ended by the env, not by a
+    time limit): > 0 for an env that ends on failure."""
+    ends = [bool(np.asarray(store.episode(i)["terminated"])[-1:].any()) for i in store.indices]
+    return float(np.mean(ends)) if ends else 0.0
+
+
 def generic_config(
     store: EpisodeStore, env: str, env_kwargs: dict[str, Any], seed: int = 0
 ) -> RunConfig:
@@ -158,15 +181,18 @@ def generic_config(
     frames = int(lengths.sum() + len(lengths))
     dream_steps = int(np.clip(np.ceil(np.percentile(lengths, 95) * 1.2), 10, 1000))
     seq_len = int(np.clip(np.median(lengths), 4, 32))
-    population, rollouts = 16, 8
-    generations = int(np.clip(DREAM_STEP_BUDGET // (population * rollouts * dream_steps), 20, 150))
+    population, rollouts = 32, 8
+    generations = int(np.clip(DREAM_STEP_BUDGET // (population * rollouts * dream_steps), 30, 200))
+    dies = failure_share(store) > 0
     quiet = {"log_every": 50, "checkpoint_every": 500}
     frame_size = int(shape[0])
     # V's loss on small objects sits on a background-only plateau unless they weigh enough of it
-    # (Catch: 0.7 % of the pixels at weight 20, docs/vm.md; at 13 % of the loss a 2-object env
-    # learned one object in 600 steps, not the other): weight = 0.25 / their share, 1..20
+    # (Catch: 0.7 % of the pixels at weight 20, docs/vm.md). Two 8x8 objects on 64x64 (3.1 %):
+    # at 13 % of the loss V learned one object in 600 steps, not the other; at 25 % (weight 8)
+    # it never drew Dodge's falling rock in 2,000 steps, at 62 % (weight 20) it drew it by step
+    # 500 (docs/envs.md): weight = 0.6 / their share, 1..20
     share = foreground_share(store)
-    fg_weight = float(np.clip(0.25 / max(share, 1e-6), 1.0, 20.0)) if share < 0.1 else 0.0
+    fg_weight = float(np.clip(0.6 / max(share, 1e-6), 1.0, 20.0)) if share < 0.1 else 0.0
     vae_steps = int(np.clip(frames // 16, 1000, 2000))  # two passes at batch 32, >= 1000 steps
     return RunConfig(
         preset=GENERIC,
@@ -181,19 +207,30 @@ def generic_config(
             foreground_weight=fg_weight,
         ),
         vae_train=TrainConfig(steps=vae_steps, batch_size=32, lr=1e-3, **quiet),
-        mdnrnn=MDNRNNConfig(hidden_size=128 if frame_size >= 64 else 64),
+        # deaths drawn from M's probability need it calibrated: unweighted (the Doom preset)
+        mdnrnn=MDNRNNConfig(
+            hidden_size=128 if frame_size >= 64 else 64,
+            termination_pos_weight=1.0 if dies else MDNRNNConfig.termination_pos_weight,
+        ),
         mdnrnn_train=TrainConfig(steps=1500, batch_size=32, lr=2e-3, **quiet),
         seq_len=seq_len,
+        controller_normalize=True,
         evolve=EvolveConfig(
             generations=generations,
             population_size=population,
             rollouts_per_candidate=rollouts,
-            eval_every=10,
-            eval_rollouts=32,
+            sigma0=0.5,
+            # C is the CMA-ES mean that scores best on 256 dreams (32 ranked them by noise)
+            eval_every=max(5, generations // 8),
+            eval_rollouts=256,
             temperature=1.15,
             max_episode_steps=dream_steps,
+            compact_dreams=dies,
             seed=seed,
         ),
+        dream_termination="sample" if dies else "threshold",
+        dream_checks=dies,
+        check_episodes=50,
         iterations=1,
         iterate_episodes=100,
         vonly_ablation=False,

@@ -1,7 +1,8 @@
 """``dreamlab pipeline`` on a V/M/C run: every stage in order, in one run directory.
 
 collect -> V -> encode -> M -> C in the dream -> the iterative procedure's rounds -> the V-only
-ablation -> evaluate -> dream vs reality -> the dream's checks -> report. Every stage is resumable and idempotent: run
+ablation -> evaluate -> dream vs reality (and whether the dream is kinder than reality) -> the
+dream's checks -> report. Every stage is resumable and idempotent: run
 it again and it continues where it stopped (or returns at once when it is done), so the pipeline
 simply runs each stage in order. The run directory's layout is :mod:`dreamlab.generations.vmc.run`'s.
 """
@@ -17,12 +18,13 @@ from dreamlab.generations.args import PipelineConfig
 from dreamlab.generations.vmc.config import STAGES
 from dreamlab.generations.vmc.controller import stage_controller, vonly_evolve
 from dreamlab.generations.vmc.dream_checks import stage_checks
-from dreamlab.generations.vmc.evaluate import stage_dream, stage_evaluate
+from dreamlab.generations.vmc.evaluate import KINDNESS_FILE, stage_dream, stage_evaluate
 from dreamlab.generations.vmc.generic import generic_config, prepare_data
 from dreamlab.generations.vmc.iterate import stage_first_controller, stage_iterate
 from dreamlab.generations.vmc.report import write_report
 from dreamlab.generations.vmc.run import Run
 from dreamlab.generations.vmc.stages import stage_collect, stage_encode, stage_mdnrnn, stage_vae
+from dreamlab.io import read_json
 from dreamlab.rundir import RunError, read_run_config
 
 __all__ = ["run_pipeline"]
@@ -143,4 +145,6 @@ def run_pipeline(cfg: PipelineConfig) -> Run:
         )
     else:
         print(f"[dreamlab] pipeline done in {seconds:.0f} s: {run.path}/report.md", flush=True)
+        if (run / KINDNESS_FILE).exists():
+            print(f"[dreamlab] {read_json(run / KINDNESS_FILE, 'kindness')['verdict']}", flush=True)
     return run

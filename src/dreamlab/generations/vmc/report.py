@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dreamlab.generations.vmc.checks_report import checks_markdown
+from dreamlab.generations.vmc.stages import FOREGROUND_FILE, foreground_line
 from dreamlab.io import atomic_path, atomic_write_text, read_json, read_jsonl
 from dreamlab.rundir import timings as run_timings
 
@@ -119,6 +120,37 @@ def plot_evolution(run_path: Path, names: list[str], out: Path) -> bool:
     return True
 
 
+def kindness_markdown(root: Path) -> list[str]:
+    """The report's section on ``kindness.json``: returns in whole dreams beside real ones."""
+    path = root / "kindness.json"
+    if not path.exists():
+        return []
+    k = read_json(path, "kindness")
+    lines = [
+        "## Is the dream kinder than reality?",
+        "",
+        f"**{k['verdict'][0].upper()}{k['verdict'][1:]}.**",
+        "",
+        "| agent | return in whole dreams | return in reality | dream - real |",
+        "|---|---|---|---|",
+    ]
+    for name, a in k["agents"].items():
+        d, r = a["dream"], a["real"]
+        lines.append(
+            f"| {agent_label(name)} | {d['mean_return']:.2f} ± {d['stderr']:.2f} | "
+            f"{r['mean_return']:.2f} ± {r['stderr']:.2f} | {a['gap']:+.2f} |"
+        )
+    lines += [
+        "",
+        f"{k['episodes']} dreams per agent from real episodes' first frames, up to "
+        f"{k['max_steps']} steps (the longest real episode), temperature {k['temperature']:g}, "
+        f"deaths by {k['termination']} (± one standard error). Kinder: the gap exceeds twice "
+        "its standard error and a tenth of the real score.",
+        "",
+    ]
+    return lines
+
+
 def write_report(run: Any) -> Path:
     """Write ``report.md`` (and ``evolution.png``) into the run directory ``run.path``."""
     root = Path(run.path)
@@ -168,6 +200,7 @@ def write_report(run: Any) -> Path:
                 + ", ".join(f"[{v}]({v})" for v in videos),
                 "",
             ]
+    lines += kindness_markdown(root)
     iterations = getattr(cfg, "iterations", 0)
     rounds = [f"controller_round{r}" for r in range(iterations)]
     names = [
@@ -197,6 +230,9 @@ def write_report(run: Any) -> Path:
             "![reconstructions](vae/reconstructions.png)",
             "",
         ]
+        if (root / FOREGROUND_FILE).exists():
+            line = foreground_line(read_json(root / FOREGROUND_FILE, "V's foreground"))
+            lines += [f"{line}.", ""]
     if (root / "prediction_error.json").exists():
         pe = read_json(root / "prediction_error.json", "prediction error")
         px = pe["pixel_mse_median"]

@@ -19,7 +19,8 @@ from dreamlab.data.sampling import FrameSampler
 from dreamlab.data.store import EpisodeStore
 from dreamlab.dream import frames_to_uint8
 from dreamlab.generations.vmc.run import Run
-from dreamlab.models import frames_to_tensor
+from dreamlab.io import atomic_write_json
+from dreamlab.models import foreground_mask, foreground_recall, frames_to_tensor
 from dreamlab.models.mdnrnn import MDNRNN, MDNRNNConfig
 from dreamlab.models.vae import VAE, VAEConfig
 from dreamlab.rundir import timed
@@ -29,12 +30,15 @@ from dreamlab.train.fit import fit
 from dreamlab.viz import save_image_grid
 
 __all__ = [
+    "FOREGROUND_FILE",
+    "foreground_line",
     "mdnrnn_config",
     "stage_collect",
     "stage_encode",
     "stage_mdnrnn",
     "stage_vae",
     "vae_config",
+    "vae_foreground",
 ]
 
 
@@ -92,9 +96,51 @@ def stage_vae(run: Run) -> Any:
         save_image_grid(
             run / "vae" / "reconstructions.png", [real, recon_u8], labels=["real", "V(real)"]
         )
+        vae_foreground(run, vae)
         return result
 
     return timed(run.path, "vae", train)
+
+
+FOREGROUND_FILE = "vae/foreground.json"
+"""how much of the frames' objects V draws (:func:`vae_foreground`)"""
+FOREGROUND_RECALL_LOW = 0.8
+"""below this share of the foreground pixels drawn, the run warns that V misses objects"""
+
+
+@torch.inference_mode()
+def vae_foreground(run: Run, vae: VAE, frames: int = 256) -> dict[str, Any]:
+    """Does V draw the objects? The share of foreground pixels (off each frame's background
+    colour) of ``frames`` real frames that V's reconstruction draws in their colour, into
+    ``RUN/vae/foreground.json``; a warning line when it is under :data:`FOREGROUND_RECALL_LOW`
+    (a small object V never learned: the dream cannot show it, so C cannot react to it)."""
+    real = frames_to_tensor(FrameSampler(run.data(), frames, seed=run.config.seed + 1).sample())
+    vae.eval()
+    recon = torch.cat([vae(chunk)[0] for chunk in real.split(64)])
+    out = {
+        "frames": int(real.shape[0]),
+        "foreground_share": float(foreground_mask(real).float().mean()),
+        "recall": foreground_recall(real, recon),
+        "foreground_weight": run.config.vae.foreground_weight,
+    }
+    atomic_write_json(run / FOREGROUND_FILE, out)
+    if out["recall"] < FOREGROUND_RECALL_LOW:
+        print(f"[dreamlab] {foreground_line(out)}", flush=True)
+    return out
+
+
+def foreground_line(fg: dict[str, Any]) -> str:
+    """One sentence on ``vae/foreground.json``."""
+    said = (
+        f"V draws {fg['recall']:.0%} of the foreground pixels ({fg['foreground_share']:.1%} of "
+        f"the frame, foreground weight {fg['foreground_weight']:g})"
+    )
+    if fg["recall"] < FOREGROUND_RECALL_LOW:
+        return (
+            f"WARNING: {said}: V misses objects, so the dream cannot show them; raise "
+            "vae.foreground_weight or V's steps"
+        )
+    return said
 
 
 def stage_encode(run: Run, progress: bool = True) -> EpisodeStore:
