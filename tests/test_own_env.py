@@ -5,7 +5,9 @@ in the dream and beats random in the real env; bad input is one sentence and wri
 ``Reach`` is defined here, not in dreamlab: a blue block at the bottom moves left, stays or right
 (``Discrete(3)``) under a red target at a random column; every step under the target pays 1
 (rewards per step), and the episode ends on a time limit. ``ReachBox`` is the same with a 1-D
-``Box`` action. Random play earns ~1/5 of the reward a tracker earns.
+``Box`` action. Random play earns ~1/5 of the reward a tracker earns. ``Dodge`` ends on failure and
+pays a sparse reward, as DoomTakeCover does: a rock falls, the block dodges it (+1) or is hit (the
+episode ends).
 """
 
 from __future__ import annotations
@@ -139,20 +141,25 @@ class WideBox(NoImage):
 
 @pytest.mark.slow  # ~5 minutes per env on 2 cores: `make test-slow`
 @pytest.mark.learning
-@pytest.mark.parametrize("env_class", ["Reach", "ReachBox"])
+@pytest.mark.parametrize(("env_class", "steps"), [("Reach", 32), ("ReachBox", 32), ("Dodge", 100)])
 def test_generic_pipeline_on_an_own_env_beats_random_from_the_dream(
-    env_class: str, tmp_path: Path, seed: int, check: Any
+    env_class: str, steps: int, tmp_path: Path, seed: int, check: Any
 ) -> None:
     run = tmp_path / "run"
     env = f"{MODULE}:{env_class}"
-    args = ["pipeline", "--env", env, "--env-kwargs", '{"steps": 32}', "--run", str(run)]
+    kwargs = json.dumps({"steps": steps})
+    args = ["pipeline", "--env", env, "--env-kwargs", kwargs, "--run", str(run)]
     assert cli.main([*args, "--seed", str(seed), "--no-progress", "--until", "iterate"]) == 0
     saved = json.loads((run / "config.json").read_text())
     config = saved["config"]
     assert saved["kind"] == "vmc" and config["preset"] == "generic"
-    assert config["env"] == env and config["env_kwargs"] == {"steps": 32}
-    # sized from the data: 32-step episodes, 64x64 frames, the env's own action space
-    assert config["vae"]["frame_size"] == 64 and config["evolve"]["max_episode_steps"] == 39
+    assert config["env"] == env and config["env_kwargs"] == {"steps": steps}
+    # sized from the data: 64x64 frames, the env's own action space, dreams as long as the
+    # longest episodes (Reach: 32 steps + 20 %), deaths drawn in the dream where the env has them
+    assert config["vae"]["frame_size"] == 64
+    if env_class != "Dodge":
+        assert config["evolve"]["max_episode_steps"] == 39
+    assert config["dream_termination"] == ("sample" if env_class == "Dodge" else "threshold")
     # resumes from config.json alone, once told its module may be imported (a new process
     # needs the word again: the --env above said it for this one)
     trust = "--trust-env-code"

@@ -1,4 +1,5 @@
-"""Diffusion run directories: open one, run its pipeline, load its models, score its agent.
+"""Diffusion run directories: run the pipeline, score the agent (opening a run and loading its
+models is :mod:`~dreamlab.generations.diffusion.run`'s, re-exported here).
 
 ``dreamlab pipeline --preset catch-diffusion --run R`` runs (or resumes) every stage of
 :func:`~dreamlab.generations.diffusion.train.train_diffusion` in ``R``, then writes ``report.md``
@@ -13,20 +14,22 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from dreamlab.checkpoint import has_model, load_model
+from dreamlab.checkpoint import has_model
 from dreamlab.generations.args import EvaluateArgs, PipelineConfig
-from dreamlab.generations.diffusion.agent import DiffusionAgent
+from dreamlab.generations.diffusion.report import write_diffusion_report
+from dreamlab.generations.diffusion.run import (
+    load_diffusion_agent,
+    load_diffusion_world_model,
+    run_config,
+)
 from dreamlab.generations.diffusion.train import (
-    KIND,
     PRESETS,
     TrainDiffusionConfig,
     run_env,
     run_store,
     train_diffusion,
 )
-from dreamlab.generations.diffusion.worldmodel import DiffusionWorldModel
-from dreamlab.models.diffusion import DiffusionModel
-from dreamlab.rundir import RunError, read_run_config, store_action_space, timed
+from dreamlab.rundir import RunError, read_run_config, timed
 
 __all__ = [
     "evaluate_diffusion",
@@ -38,22 +41,6 @@ __all__ = [
 ]
 
 
-def run_config(path: Path) -> TrainDiffusionConfig:
-    """The :class:`TrainDiffusionConfig` of the diffusion run at ``path`` (``out`` set to it).
-
-    Raises:
-        RunError: no run at ``path``, or a run of another generation.
-    """
-    found = read_run_config(path)
-    if found is None:
-        raise RunError(f"{path}: no run here (no config.json)")
-    kind, data = found
-    if kind != KIND:
-        raise RunError(f"{path}: holds a {kind} run, not a diffusion run; use another --run")
-    cfg = TrainDiffusionConfig.from_json(data, str(path / "config.json"))
-    return dataclasses.replace(cfg, out=path)
-
-
 def run_diffusion_pipeline(run: str | Path, preset: str | None, options: PipelineConfig) -> Path:
     """``dreamlab pipeline`` for the diffusion generation: every stage of ``train-diffusion`` in
     ``run`` (a new run from ``preset``, an existing one with its own settings), then the report.
@@ -63,8 +50,6 @@ def run_diffusion_pipeline(run: str | Path, preset: str | None, options: Pipelin
         RunError: an option that does not apply, no run and no preset, or another seed for an
             existing run.
     """
-    from dreamlab.generations.diffusion.report import write_diffusion_report
-
     path = Path(run)
     for name in ("until", "iterations"):
         if getattr(options, name) is not None:
@@ -87,23 +72,6 @@ def run_diffusion_pipeline(run: str | Path, preset: str | None, options: Pipelin
     report = timed(path, "report", lambda: write_diffusion_report(path))
     print(f"[dreamlab] diffusion done: {report}", flush=True)
     return path
-
-
-def load_diffusion_world_model(path: Path, device: str = "cpu") -> DiffusionWorldModel:
-    """The run's trained diffusion world model (``RUN/world_model``)."""
-    if not has_model(path / "world_model"):
-        raise RunError(f"{path}: no trained world model yet; run `dreamlab pipeline --run {path}`")
-    store = run_store(run_config(path), path)
-    model = load_model(path / "world_model", DiffusionModel, device=device)
-    assert isinstance(model, DiffusionModel)
-    return DiffusionWorldModel(model, store_action_space(store))
-
-
-def load_diffusion_agent(path: Path, device: str = "cpu") -> DiffusionAgent:
-    """The run's dream-trained Q-agent (``RUN/agent``) over its world model."""
-    if not has_model(path / "agent"):
-        raise RunError(f"{path}: no trained agent yet; run `dreamlab pipeline --run {path}`")
-    return DiffusionAgent.load(load_diffusion_world_model(path, device), path / "agent", device)
 
 
 def evaluate_diffusion(path: Path, args: EvaluateArgs) -> dict[str, Any]:

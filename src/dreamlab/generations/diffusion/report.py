@@ -7,7 +7,7 @@ from typing import Any
 
 from dreamlab.checkpoint import has_model
 from dreamlab.generations.args import DreamArgs
-from dreamlab.generations.diffusion.pipeline import (
+from dreamlab.generations.diffusion.run import (
     load_diffusion_agent,
     load_diffusion_world_model,
     run_config,
