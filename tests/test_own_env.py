@@ -258,6 +258,7 @@ def test_an_env_that_ends_on_failure_gets_the_doom_lessons(tmp_path: Path) -> No
     # the checks of the dream (M's deaths on held-out episodes, survival dream vs reality)
     assert cfg.mdnrnn.termination_pos_weight == 1.0 and cfg.dream_termination == "sample"
     assert cfg.evolve.compact_dreams and cfg.dream_checks and cfg.controller_normalize
+    assert cfg.iterations == 1 and cfg.iterate_keep_best
 
 
 def test_a_run_from_recorded_data_links_the_store_and_records_its_env(tmp_path: Path) -> None:
