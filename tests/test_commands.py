@@ -7,11 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import dreamlab
 from dreamlab import cli
+from dreamlab.envs import make_env
 from dreamlab.play.model import load_play_model
-from dreamlab.rundir import read_run_config, run_kind
+from dreamlab.rundir import RunError, read_run_config, run_kind
+from dreamlab.worldmodel import WorldModel
 
 # the quick presets of three generations (the token generation's own tests run its pipeline)
 QUICK = [
@@ -46,6 +50,20 @@ def test_every_command_on_a_run_of_each_generation(
 
     model = load_play_model(run)
     assert model.start_frames.ndim == 4 and model.start_frames.shape[-1] == 3
+
+    # the Python API: the same calls and the same types for every generation
+    assert dreamlab.run_pipeline(run, progress=False) == run  # resumes: all done
+    world_model = dreamlab.load_world_model(run)
+    assert isinstance(world_model, WorldModel)
+    agent = dreamlab.load_agent(run)
+    frames = make_env(model.env_id, **model.env_kwargs).reset(seed=0)[0]
+    action, _ = agent.predict(frames, None, episode_start=None)
+    assert model.action_space.contains(np.asarray(action).astype(model.action_space.dtype))
+    assert dreamlab.load_agent(run, "controller") is not None
+    if kind == "vmc":  # V/M/C's other agents by name, as evaluate names them
+        assert dreamlab.load_agent(run, "controller_round0") is not None
+    with pytest.raises(RunError, match="no_such_agent"):
+        dreamlab.load_agent(run, "no_such_agent")
 
     # a preset of another generation on this run: one line, nothing touched
     other = "catch-dreamer-debug" if kind != "rssm" else "catch-debug"

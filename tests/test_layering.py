@@ -35,7 +35,16 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "dreamlab.generations.tokens",
         ),
     ),
-    (10, ("dreamlab.compare_models", "dreamlab.bc", "dreamlab.play", "dreamlab.commands")),
+    (
+        10,
+        (
+            "dreamlab.compare_models",
+            "dreamlab.bc",
+            "dreamlab.play",
+            "dreamlab.commands",
+            "dreamlab.api",
+        ),
+    ),
     (11, ("dreamlab.cli",)),
 ]
 GENERATIONS = LAYERS[8][1]

@@ -369,6 +369,12 @@ def test_token_run_checkpoints_resume_and_agent_predict(
     obs = catch_frames(1)[:4]
     t1 = run.world_model.tokenizer.tokenize(frames_to_tensor(obs))
     assert torch.equal(wm.tokenizer.tokenize(frames_to_tensor(obs)), t1)  # round trip
+    # the Python API gives the same world model and agent types as every other generation's
+    import dreamlab
+    from dreamlab.worldmodel import WorldModel
+
+    assert isinstance(dreamlab.load_world_model(out), WorldModel)
+    agent = dreamlab.load_agent(out)
     res = evaluate_policy(
         lambda: make_env("catch-32", discrete=True), agent, 2, num_envs=2, progress=False
     )

@@ -317,12 +317,12 @@ def catch_vm(discrete: bool = False) -> VMWorldModel:
 
 
 def catch_agent(discrete: bool = False) -> Any:
-    from dreamlab.generations.vmc.agent import WorldModelAgent
+    from dreamlab.generations.vmc.agent import VMCAgent
     from dreamlab.models.controller import Controller, ControllerConfig
 
     space = gym.spaces.Discrete(3) if discrete else gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     controller = Controller(ControllerConfig.from_action_space(12, space))
-    return WorldModelAgent(catch_vm(discrete), controller)
+    return VMCAgent(catch_vm(discrete), controller)
 
 
 def test_agent_predict_single_and_batched_with_memory_resets() -> None:
@@ -346,12 +346,12 @@ def test_agent_predict_single_and_batched_with_memory_resets() -> None:
 
 def test_agent_save_load_round_trip_and_plays_real_catch(tmp_path: Any) -> None:
     from dreamlab.envs import make_env
-    from dreamlab.generations.vmc.agent import WorldModelAgent, WorldModelAgentFactory
+    from dreamlab.generations.vmc.agent import VMCAgent, VMCAgentFactory
     from dreamlab.train.evaluators import EnvRollout, run_episode
 
     agent = catch_agent()
     agent.save(tmp_path)
-    loaded = WorldModelAgent.load(tmp_path)
+    loaded = VMCAgent.load(tmp_path)
     frames = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     np.testing.assert_allclose(loaded.predict(frames)[0], agent.predict(frames)[0], rtol=1e-6)
 
@@ -359,8 +359,6 @@ def test_agent_save_load_round_trip_and_plays_real_catch(tmp_path: Any) -> None:
     ret = run_episode(env, loaded, seed=0, max_episode_steps=None)
     assert ret in (-2.0, 0.0, 2.0)
     # The factory rebuilds the same agent from a parameter vector (what CMA-ES workers do).
-    factory = WorldModelAgentFactory(
-        tmp_path / "vae", tmp_path / "mdnrnn", loaded.controller.config
-    )
+    factory = VMCAgentFactory(tmp_path / "vae", tmp_path / "mdnrnn", loaded.controller.config)
     params = loaded.controller.get_flat_params().numpy()
     assert EnvRollout("dreamlab/Catch-v0", factory, env_kwargs={"num_balls": 2})(params, 0) == ret

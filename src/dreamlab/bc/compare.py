@@ -115,7 +115,7 @@ def _agent_factory(args: CompareArgs, wm_run: Any) -> Callable[[str, str, float]
     from dreamlab.bc.policy import BCPolicy
     from dreamlab.envs.policies import make_policy
     from dreamlab.envs.shift import harder_catch_kwargs
-    from dreamlab.generations.vmc.agent import WorldModelAgent
+    from dreamlab.generations.vmc.agent import VMCAgent
 
     env = wm_run.config.env
     space = wm_run.action_space()
@@ -129,7 +129,7 @@ def _agent_factory(args: CompareArgs, wm_run: Any) -> Callable[[str, str, float]
             return make_policy("expert", space, config=_catch_config(env, **extra))
         if agent not in cache:
             if agent == "controller":
-                cache[agent] = WorldModelAgent(wm_run.world_model("zh"), wm_run.controller())
+                cache[agent] = VMCAgent(wm_run.world_model("zh"), wm_run.controller())
             elif agent == "bc":
                 cache[agent] = BCPolicy.load(args.run / "bc")
             else:

@@ -8,7 +8,7 @@
   way, see :mod:`dreamlab.bc.data`).
 - Feature inputs: the state is the world model's (V+M: ``z``, ``h``, ``c``). Per call: observe the
   frame, read the features, act, advance M's memory with the action taken, the same loop as the
-  V+M+C agent (:class:`dreamlab.generations.vmc.agent.WorldModelAgent`).
+  V+M+C agent (:class:`dreamlab.generations.vmc.agent.VMCAgent`).
 """
 
 from __future__ import annotations

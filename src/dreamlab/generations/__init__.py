@@ -35,6 +35,7 @@ __all__ = [
     "for_run",
     "get",
     "lazy",
+    "one_trained_agent",
     "preset_names",
 ]
 
@@ -57,6 +58,19 @@ def lazy(target: str) -> Callable[..., Any]:
 
     call.__qualname__ = call.__name__ = target
     return call
+
+
+def one_trained_agent(kind: str, load: Callable[[Path, str], Any]) -> Callable[..., Any]:
+    """``load_agent`` of a generation whose run trains one agent: ``load(run, device)`` for
+    ``name`` None or ``"controller"`` (what ``evaluate`` calls it), a :class:`RunError` for any
+    other name."""
+
+    def load_agent(run: Path, device: str, name: str | None = None) -> Any:
+        if name not in (None, "controller"):
+            raise RunError(f"{run}: a {kind} run has one trained agent, 'controller'; not {name!r}")
+        return load(run, device)
+
+    return load_agent
 
 
 @dataclass(frozen=True)
@@ -88,8 +102,10 @@ class Generation:
     """``pipeline(run, preset or None, PipelineConfig)``: run or resume every stage"""
     load_world_model: Callable[[Path, str], Any]
     """``load_world_model(run, device) -> WorldModel``"""
-    load_agent: Callable[[Path, str], Any]
-    """``load_agent(run, device) -> agent`` with SB3-shaped ``predict`` (the trained one)"""
+    load_agent: Callable[[Path, str, str | None], Any]
+    """``load_agent(run, device, name) -> agent`` with SB3-shaped ``predict``: the trained one
+    (``name`` None or ``"controller"``) or another the generation names (V/M/C's rounds, the
+    planner, random play, ...)"""
     evaluate: Callable[[Path, Any], dict[str, Any]]
     """``evaluate(run, EvaluateArgs)``: agents in the real env -> ``RUN/eval.json``"""
     dream: Callable[[Path, Any], Path]

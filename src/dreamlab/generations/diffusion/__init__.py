@@ -19,7 +19,7 @@ The heavy modules are imported by the functions below only when called.
 
 from __future__ import annotations
 
-from dreamlab.generations import Generation, lazy
+from dreamlab.generations import Generation, lazy, one_trained_agent
 from dreamlab.generations.diffusion.train import KIND, PRESETS, TrainDiffusionConfig
 
 __all__ = ["GENERATION"]
@@ -36,7 +36,9 @@ GENERATION = Generation(
     train_command="train-diffusion",
     pipeline=lazy("dreamlab.generations.diffusion.pipeline:run_diffusion_pipeline"),
     load_world_model=lazy("dreamlab.generations.diffusion.run:load_diffusion_world_model"),
-    load_agent=lazy("dreamlab.generations.diffusion.run:load_diffusion_agent"),
+    load_agent=one_trained_agent(
+        KIND, lazy("dreamlab.generations.diffusion.run:load_diffusion_agent")
+    ),
     evaluate=lazy("dreamlab.generations.diffusion.pipeline:evaluate_diffusion"),
     dream=lazy("dreamlab.generations.diffusion.report:dream_diffusion"),
     report=lazy("dreamlab.generations.diffusion.report:write_diffusion_report"),

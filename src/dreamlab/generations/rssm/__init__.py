@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dreamlab.generations import Generation, lazy
+from dreamlab.generations import Generation, lazy, one_trained_agent
 from dreamlab.generations.rssm.config import DREAMER_PRESETS, KIND, DreamerConfig
 
 __all__ = ["GENERATION"]
@@ -49,7 +49,7 @@ GENERATION = Generation(
     train_command="train-dreamer",
     pipeline=lazy("dreamlab.generations.rssm.pipeline:run_dreamer_pipeline"),
     load_world_model=_load_world_model,
-    load_agent=_load_agent,
+    load_agent=one_trained_agent(KIND, _load_agent),
     evaluate=lazy("dreamlab.generations.rssm.pipeline:evaluate_rssm"),
     dream=lazy("dreamlab.generations.rssm.report:dream_rssm"),
     report=lazy("dreamlab.generations.rssm.report:write_dreamer_report"),

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dreamlab.generations import Generation, lazy
+from dreamlab.generations import Generation, lazy, one_trained_agent
 from dreamlab.generations.tokens.config import TokenRunConfig, token_preset
 
 __all__ = ["GENERATION"]
@@ -69,7 +69,7 @@ GENERATION = Generation(
     train_command="train-tokens",
     pipeline=_pipeline,
     load_world_model=_load_world_model,
-    load_agent=_load_agent,
+    load_agent=one_trained_agent("tokens", _load_agent),
     evaluate=lazy("dreamlab.generations.tokens.evaluate:evaluate_tokens"),
     dream=lazy("dreamlab.generations.tokens.dream:dream_tokens"),
     report=lazy("dreamlab.generations.tokens.evaluate:write_report"),

@@ -55,13 +55,18 @@ def _load_world_model(run: Path, device: str) -> Any:
     return Run.open(run).world_model().to(device)
 
 
-def _load_agent(run: Path, device: str) -> Any:
-    """V + M + the run's ``controller/`` on ``device``."""
-    from dreamlab.generations.vmc.agent import WorldModelAgent
+def _load_agent(run: Path, device: str, name: str | None = None) -> Any:
+    """V + M + the run's ``controller/`` on ``device``, or the agent ``name`` of ``dreamlab
+    evaluate --agent`` (``controller_round0``, ``controller_vonly``, ``planner``, ``random``...)."""
+    from dreamlab.generations.vmc.agent import VMCAgent
     from dreamlab.generations.vmc.run import Run
 
     opened = Run.open(run)
-    return WorldModelAgent(opened.world_model().to(device), opened.controller())
+    if name is None or name == "controller":
+        return VMCAgent(opened.world_model().to(device), opened.controller())
+    from dreamlab.generations.vmc.evaluate import load_agent
+
+    return load_agent(opened, name)
 
 
 GENERATION = Generation(

@@ -1,4 +1,4 @@
-"""The V+M+C agent acting in the real environment (``WorldModelAgent``), and the picklable
+"""The V+M+C agent acting in the real environment (``VMCAgent``), and the picklable
 factory real-env CMA-ES backends build it with.
 
 A *run directory* is the unit of saving and loading: ``save(run_dir)`` writes ``vae/``,
@@ -22,7 +22,7 @@ from dreamlab.models.mdnrnn import MDNRNN
 from dreamlab.models.vae import VAE
 from dreamlab.worldmodel import ActionSpec, State, WorldModel
 
-__all__ = ["WorldModelAgent", "WorldModelAgentFactory", "action_spec_for"]
+__all__ = ["VMCAgent", "VMCAgentFactory", "action_spec_for"]
 
 
 def action_spec_for(config: ControllerConfig) -> ActionSpec:
@@ -36,7 +36,7 @@ def action_spec_for(config: ControllerConfig) -> ActionSpec:
     )
 
 
-class WorldModelAgent:
+class VMCAgent:
     """V+M+C (or any world model + C) as a policy for real envs.
 
     Args:
@@ -57,7 +57,7 @@ class WorldModelAgent:
     ) -> None:
         if world_model.feature_dim != controller.config.feature_dim:
             raise ValueError(
-                f"WorldModelAgent: world model features have size {world_model.feature_dim}, the "
+                f"VMCAgent: world model features have size {world_model.feature_dim}, the "
                 f"controller reads {controller.config.feature_dim} (inputs="
                 f"{controller.config.inputs!r})"
             )
@@ -87,7 +87,7 @@ class WorldModelAgent:
             axis for a single frame — and the new state (a dict of ``(N, ...)`` tensors).
         """
         frames, state, single = predict_inputs(
-            self.world_model, obs, state, episode_start, "WorldModelAgent.predict"
+            self.world_model, obs, state, episode_start, "VMCAgent.predict"
         )
         state = self.world_model.observe(state, frames)
         features = self.world_model.features(state)  # (N, F)
@@ -108,7 +108,7 @@ class WorldModelAgent:
         """Write ``vae/``, ``mdnrnn/`` and ``controller/`` under ``run_dir`` (V+M agents only)."""
         if not isinstance(self.world_model, VMWorldModel):
             raise TypeError(
-                f"WorldModelAgent.save: only V+M world models are saved this way, got "
+                f"VMCAgent.save: only V+M world models are saved this way, got "
                 f"{type(self.world_model).__name__}; save its parts with dreamlab.checkpoint"
             )
         run = Path(run_dir)
@@ -119,7 +119,7 @@ class WorldModelAgent:
     @classmethod
     def load(
         cls, run_dir: str | Path, *, device: torch.device | str = "cpu", seed: int = 0
-    ) -> WorldModelAgent:
+    ) -> VMCAgent:
         """Rebuild a V+M+C agent from a run directory (``vae/``, ``mdnrnn/``, ``controller/``).
 
         The action space and the features C reads come from the controller's config.
@@ -141,7 +141,7 @@ class WorldModelAgent:
 
 
 _MODEL_CACHE: dict[tuple[str, str, str, float, float], VMWorldModel] = {}
-"""Per-process V+M loaded by :class:`WorldModelAgentFactory` (keyed by paths, device and the
+"""Per-process V+M loaded by :class:`VMCAgentFactory` (keyed by paths, device and the
 weight files' modification times, so a model trained again is loaded again)."""
 
 
@@ -152,8 +152,8 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-class WorldModelAgentFactory:
-    """Picklable ``factory(params (D,)) -> WorldModelAgent`` for real-env CMA-ES backends.
+class VMCAgentFactory:
+    """Picklable ``factory(params (D,)) -> VMCAgent`` for real-env CMA-ES backends.
 
     V and M are loaded from disk once per worker process and shared by every agent it makes;
     each call only builds the tiny controller from the candidate's parameters.
@@ -200,7 +200,7 @@ class WorldModelAgentFactory:
             _MODEL_CACHE[key] = wm
         return wm
 
-    def __call__(self, params: Any) -> WorldModelAgent:
+    def __call__(self, params: Any) -> VMCAgent:
         controller = Controller(self.controller_config)
         controller.set_flat_params(np.asarray(params, dtype=np.float32))
-        return WorldModelAgent(self.world_model(), controller)
+        return VMCAgent(self.world_model(), controller)

@@ -16,7 +16,7 @@ from typing import Any
 
 from dreamlab.data.store import EpisodeStore
 from dreamlab.eval.contender import CompareContext, Contender, num_params
-from dreamlab.generations.vmc.agent import WorldModelAgent
+from dreamlab.generations.vmc.agent import VMCAgent
 from dreamlab.generations.vmc.config import RunConfig, get_run_preset
 from dreamlab.generations.vmc.controller import stage_controller
 from dreamlab.generations.vmc.run import Run
@@ -99,7 +99,7 @@ def build_vmc(ctx: CompareContext) -> Contender:
         name="V/M/C: VAE + MDN-RNN + CMA-ES",
         generation=1,
         world_model=world_model,
-        policy=WorldModelAgent(world_model, controller),
+        policy=VMCAgent(world_model, controller),
         dream_policy=controller,
         dream_start=start_latents_from_store(run.latents()),
         params_world_model=num_params(world_model.vae, world_model.mdnrnn),

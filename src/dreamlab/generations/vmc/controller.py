@@ -21,7 +21,7 @@ import torch
 
 from dreamlab.checkpoint import has_model, read_config
 from dreamlab.dream import dream_feature_stats
-from dreamlab.generations.vmc.agent import WorldModelAgentFactory
+from dreamlab.generations.vmc.agent import VMCAgentFactory
 from dreamlab.generations.vmc.config import RunConfig
 from dreamlab.generations.vmc.precision import kept_precision
 from dreamlab.generations.vmc.run import Run
@@ -336,7 +336,7 @@ def _evolve_controller(
     controller = Controller(ccfg)
     rollout = EnvRollout(
         cfg.env,
-        WorldModelAgentFactory(run / "vae", run.round_dir(round_) / "mdnrnn", ccfg),
+        VMCAgentFactory(run / "vae", run.round_dir(round_) / "mdnrnn", ccfg),
         # the real check plays whole episodes even when training dreams are short
         max_episode_steps=ecfg.max_episode_steps if ecfg.backend != "dream" else None,
         env_kwargs=dict(cfg.env_kwargs),

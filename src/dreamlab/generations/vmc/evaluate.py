@@ -25,7 +25,7 @@ from dreamlab.eval.dream_vs_real import dream_vs_real
 from dreamlab.eval.evaluate import evaluate_policy
 from dreamlab.eval.kindness import dream_episodes, kindness, kindness_line
 from dreamlab.generations.args import DreamArgs, EvaluateArgs
-from dreamlab.generations.vmc.agent import WorldModelAgent
+from dreamlab.generations.vmc.agent import VMCAgent
 from dreamlab.generations.vmc.report import controller_path, controller_round, write_report
 from dreamlab.generations.vmc.run import Run
 from dreamlab.generations.vmc.uncertainty import controller_world_model
@@ -87,7 +87,7 @@ def load_agent(
     if which in ("bc", "bc_latent"):  # registered by dreamlab.bc when it is imported
         raise RunError(f"agent {which!r} needs `import dreamlab.bc` first (the CLI does)")
     features: Literal["zh", "z"] = "z" if which == "controller_vonly" else "zh"
-    return WorldModelAgent(
+    return VMCAgent(
         run.world_model(features, round_=round_), run.controller(controller_path(which))
     )
 

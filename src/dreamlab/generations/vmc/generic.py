@@ -221,7 +221,8 @@ def generic_config(
             population_size=population,
             rollouts_per_candidate=rollouts,
             sigma0=0.5,
-            # C is the CMA-ES mean that scores best on 256 dreams (32 ranked them by noise)
+            # C is the CMA-ES mean that scores best on 256 dreams (on catch-test, 64 ranked them
+            # by noise; issue 28)
             eval_every=max(5, generations // 8),
             eval_rollouts=256,
             temperature=1.15,

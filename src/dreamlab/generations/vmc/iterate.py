@@ -19,7 +19,7 @@ import numpy as np
 from dreamlab.data.store import EpisodeStore
 from dreamlab.envs.policies import NoisyPolicy
 from dreamlab.eval.evaluate import evaluate_policy
-from dreamlab.generations.vmc.agent import WorldModelAgent
+from dreamlab.generations.vmc.agent import VMCAgent
 from dreamlab.generations.vmc.config import RunConfig
 from dreamlab.generations.vmc.controller import stage_controller
 from dreamlab.generations.vmc.run import Run
@@ -76,7 +76,7 @@ def stage_explore(run: Run, round_: int, progress: bool = True) -> EpisodeStore:
     missing = store.missing(cfg.iterate_episodes)
     if missing:
         name = str((out / "controller").relative_to(run.path))
-        agent = WorldModelAgent(run.world_model("zh", round_=round_), run.controller(name))
+        agent = VMCAgent(run.world_model("zh", round_=round_), run.controller(name))
         policy = NoisyPolicy(agent, run.action_space(), cfg.iterate_noise, seed=seed)
         result = evaluate_policy(
             run.make_env,

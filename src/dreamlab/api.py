@@ -1,0 +1,86 @@
+"""dreamlab from Python, the same for every generation: make or resume a run, load its world
+model, load an agent. ``import dreamlab`` gives these names (``dreamlab.run_pipeline``, ...)
+without importing torch until one is called.
+
+    import dreamlab
+    run = dreamlab.run_pipeline("runs/x", preset="catch")        # or env=..., data=...
+    world_model = dreamlab.load_world_model(run)                  # a WorldModel, any generation
+    agent = dreamlab.load_agent(run)                              # predict(obs, state, start)
+    action, state = agent.predict(obs, None, episode_start=None)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import dreamlab.bc  # noqa: F401  (lets load_agent load a run's 'bc' and 'bc_latent' agents)
+from dreamlab.commands import run_pipeline as _run_pipeline
+from dreamlab.generations import for_run
+from dreamlab.generations.args import PipelineConfig
+from dreamlab.worldmodel import WorldModel
+
+__all__ = ["load_agent", "load_world_model", "run_pipeline"]
+
+
+def run_pipeline(
+    run: str | os.PathLike[str],
+    preset: str | None = None,
+    *,
+    env: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
+    until: str | None = None,
+    iterations: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run or resume every stage of the run at ``run`` and return its directory, for every
+    generation: a new run from ``preset`` (its generation's; ``catch`` when nothing is given),
+    or a run sized from ``env`` (a Gymnasium id or ``pkg.module:Class``, whose module this call
+    trusts) or from the episode store ``data``; an existing run resumes with its own settings.
+
+    Raises:
+        RunError: what ``dreamlab pipeline`` refuses, as one sentence (docs/pipeline.md).
+    """
+    cfg = PipelineConfig(
+        run=Path(run),
+        preset=preset,
+        env=env,
+        env_kwargs=None if env_kwargs is None else json.dumps(env_kwargs),
+        data=None if data is None else Path(data),
+        seed=seed,
+        until=until,
+        iterations=iterations,
+        progress=progress,
+    )
+    _run_pipeline(cfg)
+    return Path(run)
+
+
+def load_world_model(run: str | os.PathLike[str], device: str = "cpu") -> WorldModel:
+    """The trained world model of the run at ``run`` (any generation) on ``device``: a
+    :class:`~dreamlab.worldmodel.WorldModel` that dreams (``DreamEnv``, the planner, futures).
+
+    Raises:
+        RunError: no run there, or its world model is not trained yet.
+    """
+    path = Path(run)
+    world_model = for_run(path).load_world_model(path, device)
+    assert isinstance(world_model, WorldModel)
+    return world_model
+
+
+def load_agent(run: str | os.PathLike[str], name: str | None = None, device: str = "cpu") -> Any:
+    """An agent of the run at ``run`` with an SB3-shaped ``predict(obs, state, episode_start)``
+    that acts on real frames: the one the run trained in its dream (``name=None``), or one of the
+    agents ``dreamlab evaluate --agent`` names (V/M/C: ``controller_round0``, ``planner``,
+    ``random``, ...; every generation: ``controller``, ``random``).
+
+    Raises:
+        RunError: no run there, an agent it does not have, or one not trained yet.
+    """
+    path = Path(run)
+    return for_run(path).load_agent(path, device, name)
