@@ -41,6 +41,17 @@ def test_every_command_on_a_run_of_each_generation(
     assert cli.main(["evaluate", "--run", str(run), "--episodes", "2", "--agent", "random"]) == 0
     scores = json.loads((run / "eval.json").read_text())
     assert scores["agents"]["random"]["episodes"] == 2
+    # the planner searches imagined action sequences in any generation's world model
+    plan = ["--agent", "planner", "--horizon", "3", "--population", "8", "--iterations", "1"]
+    assert cli.main(["evaluate", "--run", str(run), "--episodes", "1", *plan]) == 0
+    planner = json.loads((run / "eval.json").read_text())["agents"]["planner"]
+    assert planner["episodes"] == 1 and planner["planning"]["calls"] > 0
+    assert planner["planner"]["horizon"] == 3
+    if kind != "vmc":  # an ensemble of M is V/M/C's: one line, not a silent no-op
+        capsys.readouterr()
+        assert cli.main(["evaluate", "--run", str(run), *plan, "--pessimism", "1.0"]) == 2
+        err = capsys.readouterr().err
+        assert "--pessimism" in err and "\n" not in err.strip()
 
     video = tmp_path / "dream.gif"
     assert cli.main(["dream", "--run", str(run), "--steps", "4", "--video", str(video)]) == 0

@@ -382,7 +382,13 @@ def test_token_run_checkpoints_resume_and_agent_predict(
     assert np.isfinite(res.returns).all()
 
     from dreamlab.generations import get
-    from dreamlab.generations.args import DreamArgs
+    from dreamlab.generations.args import DreamArgs, EvaluateArgs
+    from dreamlab.plan.mpc import PlannerConfig
+
+    # the planner searches in the token model's dream as in any other generation's
+    plan = PlannerConfig(horizon=3, population=8, iterations=1)
+    scores = get("tokens").evaluate(out, EvaluateArgs(out, 1, ["planner"], plan))
+    assert scores["agents"]["planner"]["planning"]["calls"] > 0
 
     dream = get("tokens").dream
     video = dream(out, DreamArgs(out, tmp_path / "d.gif", steps=5, prompt="fast from-left"))

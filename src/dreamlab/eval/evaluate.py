@@ -13,13 +13,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 
 from dreamlab.data.rollout import EpisodeResult, Policy, play_episodes
 from dreamlab.progress import tqdm
+
+if TYPE_CHECKING:
+    from dreamlab.plan.mpc import PlannerConfig
+    from dreamlab.worldmodel import WorldModel
 
 __all__ = ["EvalResult", "Policy", "evaluate_policy", "score_agents"]
 
@@ -157,11 +161,15 @@ def score_agents(
     *,
     seed: int = 0,
     progress: bool = True,
+    world_model: Callable[[], WorldModel] | None = None,
+    planner: PlannerConfig | None = None,
 ) -> dict[str, Any]:
     """``dreamlab evaluate`` for a run of any generation: score each agent of ``names``
-    (``controller`` = the run's ``trained`` agent, ``random``, ``expert``) over ``episodes``
-    real episodes on the same seeds, write ``OUT/eval.json`` (merged with earlier agents') and
-    videos of each agent's best and worst episode, print one line per agent.
+    (``controller`` = the run's ``trained`` agent, ``random``, ``expert``, and ``planner``:
+    CEM/MPPI with ``planner``'s settings in the dream of ``world_model()``, the run's loaded
+    world model) over ``episodes`` real episodes on the same seeds, write ``OUT/eval.json``
+    (merged with earlier agents') and videos of each agent's best and worst episode, print one
+    line per agent.
 
     Raises:
         ValueError: an agent name this run cannot give, or no trained agent yet.
@@ -169,11 +177,12 @@ def score_agents(
     from dreamlab.envs import make_env
     from dreamlab.envs.policies import make_policy
     from dreamlab.io import atomic_write_json, read_json
+    from dreamlab.plan.mpc import PlannerAgent
     from dreamlab.rundir import run_action_space
     from dreamlab.viz import write_video
 
     out = Path(out_dir)
-    known = ("controller", "random", "expert")
+    known = ("controller", "random", "expert", *(("planner",) if world_model else ()))
     for name in names:
         if name not in known:
             raise ValueError(f"{out}: agent {name!r} is not one this run has; use {known}")
@@ -184,7 +193,11 @@ def score_agents(
     results: dict[str, Any] = read_json(file, "eval") if file.exists() else {}
     results.setdefault("agents", {})
     for name in names:
-        policy = trained if name == "controller" else make_policy(name, space, seed=seed)
+        if name == "planner":
+            assert world_model is not None
+            policy: Any = PlannerAgent(world_model(), space, planner)
+        else:
+            policy = trained if name == "controller" else make_policy(name, space, seed=seed)
         assert policy is not None
         r = evaluate_policy(
             lambda: make_env(env_id, **env_kwargs),
@@ -196,6 +209,9 @@ def score_agents(
             desc=f"evaluate {name}",
         )
         summary = r.summary()
+        if isinstance(policy, PlannerAgent):
+            summary["planner"] = policy.config.to_dict()
+            summary["planning"] = policy.timing()
         for which, frames in (("best", r.best_frames), ("worst", r.worst_frames)):
             if frames is not None:
                 write_video(out / f"eval_{name}_{which}.mp4", frames, fps=15)

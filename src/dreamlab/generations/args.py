@@ -14,6 +14,7 @@ import tyro
 
 from dreamlab.io import SettingError
 from dreamlab.plan.mpc import PlannerConfig
+from dreamlab.rundir import RunError
 
 __all__ = ["DreamArgs", "EvaluateArgs", "PipelineConfig", "ReportArgs"]
 
@@ -60,16 +61,18 @@ class PipelineConfig:
 @dataclass
 class EvaluateArgs:
     """Run agents in the real env; write eval.json and videos of the best and worst episodes (a
-    run of any generation; the planner options are V/M/C's)."""
+    run of any generation; the planner plans in any generation's world model, --pessimism and
+    --precision are V/M/C's)."""
 
     run: Path
     """run directory"""
     episodes: int = 100
     """episodes per agent"""
     agent: list[str] = field(default_factory=lambda: ["controller"])
-    """agents to score: controller (the run's trained agent, any generation), random, expert; V/M/C
-    runs also brownian (sticky random actions), controller_vonly, controller_roundR, any C
-    trained with train-controller --name NAME, bc, bc_latent, planner"""
+    """agents to score: controller (the run's trained agent, any generation), random, expert,
+    planner (CEM/MPPI in the run's world model, any generation); V/M/C runs also brownian
+    (sticky random actions), controller_vonly, controller_roundR, any C trained with
+    train-controller --name NAME, bc, bc_latent"""
     planner: Annotated[PlannerConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=PlannerConfig
     )
@@ -80,6 +83,17 @@ class EvaluateArgs:
     precision: Literal["float32", "bfloat16"] = "float32"
     """planner only: run M's matmuls under bfloat16 autocast (~1.5x faster decisions on CPUs with
     bf16 support, same catch rate on Catch; BENCHMARKS.md)"""
+
+    def check_vmc_only(self, kind: str) -> None:
+        """Refuse, in one line, the options only a V/M/C run has (its ensemble of M, its bfloat16
+        M) on a run of generation ``kind``."""
+        if self.pessimism is not None:
+            raise RunError(
+                f"--pessimism plans in an ensemble of M (train-ensemble), which a {kind} run "
+                "does not have; leave it out"
+            )
+        if self.precision != "float32":
+            raise RunError(f"--precision applies to V/M/C's M; a {kind} run plans in float32")
 
     def __post_init__(self) -> None:
         if self.episodes < 1:

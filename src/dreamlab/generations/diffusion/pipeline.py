@@ -76,9 +76,11 @@ def run_diffusion_pipeline(run: str | Path, preset: str | None, options: Pipelin
 
 def evaluate_diffusion(path: Path, args: EvaluateArgs) -> dict[str, Any]:
     """``dreamlab evaluate`` for a diffusion run: the dream-trained agent (``controller``),
-    ``random`` and ``expert`` in the run's env (:func:`~dreamlab.eval.evaluate.score_agents`)."""
+    ``random``, ``expert`` and ``planner`` (CEM/MPPI in the diffusion model's dream) in the run's
+    env (:func:`~dreamlab.eval.evaluate.score_agents`)."""
     from dreamlab.eval.evaluate import score_agents
 
+    args.check_vmc_only("diffusion")
     cfg = run_config(path)
     env_id, env_kwargs = run_env(cfg, run_store(cfg, path))
     trained = None
@@ -93,6 +95,8 @@ def evaluate_diffusion(path: Path, args: EvaluateArgs) -> dict[str, Any]:
         args.episodes,
         seed=10_000 + cfg.seed,
         progress=cfg.progress,
+        world_model=lambda: load_diffusion_world_model(path, cfg.device),
+        planner=args.planner,
     )
 
 

@@ -89,10 +89,11 @@ def run_dreamer_pipeline(run: str | Path, preset: str | None, options: PipelineC
 
 
 def evaluate_rssm(path: Path, args: EvaluateArgs) -> dict[str, Any]:
-    """``dreamlab evaluate`` for a Dreamer run: the trained actor (``controller``), ``random``
-    and ``expert`` in the run's env (:func:`~dreamlab.eval.evaluate.score_agents`)."""
+    """``dreamlab evaluate`` for a Dreamer run: the trained actor (``controller``), ``random``,
+    ``expert`` and ``planner`` (CEM/MPPI in the RSSM's dream) in the run's env (:func:`~dreamlab.eval.evaluate.score_agents`)."""
     from dreamlab.eval.evaluate import score_agents
 
+    args.check_vmc_only("rssm")
     cfg = run_config(path)
     trained = None
     if has_model(path / "actor_critic"):
@@ -106,6 +107,8 @@ def evaluate_rssm(path: Path, args: EvaluateArgs) -> dict[str, Any]:
         args.episodes,
         seed=cfg.seed,
         progress=cfg.progress,
+        world_model=lambda: DreamerAgent.load(path, device=cfg.device).world_model,
+        planner=args.planner,
     )
 
 

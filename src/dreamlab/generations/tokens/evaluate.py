@@ -155,11 +155,21 @@ def write_report(path: Path) -> Path:
 
 
 def evaluate_tokens(run: Path, args: Any) -> dict[str, Any]:
-    """``dreamlab evaluate`` on a token run: ``args.agent`` over ``args.episodes`` real episodes,
-    on the evaluation seeds training used (``10_000 + seed``)."""
+    """``dreamlab evaluate`` on a token run: ``args.agent`` (``planner`` plans in the token
+    model's dream) over ``args.episodes`` real episodes, on the evaluation seeds training used
+    (``10_000 + seed``)."""
     from dreamlab.eval.evaluate import score_agents
 
-    cfg, _, agent = load_token_run(run)
+    args.check_vmc_only("tokens")
+    cfg, world_model, agent = load_token_run(run)
     return score_agents(
-        run, agent, cfg.env, dict(cfg.env_kwargs), args.agent, args.episodes, seed=10_000 + cfg.seed
+        run,
+        agent,
+        cfg.env,
+        dict(cfg.env_kwargs),
+        args.agent,
+        args.episodes,
+        seed=10_000 + cfg.seed,
+        world_model=lambda: world_model,
+        planner=args.planner,
     )
