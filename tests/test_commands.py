@@ -62,6 +62,14 @@ def test_every_command_on_a_run_of_each_generation(
     model = load_play_model(run)
     assert model.start_frames.ndim == 4 and model.start_frames.shape[-1] == 3
 
+    # K sampled futures and the reward fan from any generation's world model
+    argv = ["futures", "--run", str(run), "--samples", "4", "--horizon", "3", "--context", "1"]
+    assert cli.main(argv) == 0
+    for name in ("futures.png", "futures_reward.png", "futures.json"):
+        assert (run / name).stat().st_size > 0
+    if kind != "vmc":
+        assert cli.main([*argv, "--ensemble"]) == 2
+
     # the Python API: the same calls and the same types for every generation
     assert dreamlab.run_pipeline(run, progress=False) == run  # resumes: all done
     world_model = dreamlab.load_world_model(run)

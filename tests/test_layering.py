@@ -43,6 +43,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "dreamlab.play",
             "dreamlab.commands",
             "dreamlab.api",
+            "dreamlab.futures_command",
         ),
     ),
     (11, ("dreamlab.cli",)),

@@ -30,6 +30,7 @@ from dreamlab.compare_models import CompareModelsArgs, compare_models
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.video_io import VideoImportConfig, import_command
 from dreamlab.envs.trust import trust_env_code
+from dreamlab.futures_command import FuturesArgs, futures
 from dreamlab.generations.args import DreamArgs, EvaluateArgs, PipelineConfig, ReportArgs
 from dreamlab.generations.diffusion.pipeline import train_diffusion_cmd
 from dreamlab.generations.diffusion.train import TrainDiffusionConfig
@@ -46,10 +47,8 @@ from dreamlab.generations.vmc.commands import (
     train_vae,
 )
 from dreamlab.generations.vmc.uncertainty import (
-    FuturesArgs,
     TrainEnsembleArgs,
     UncertaintyArgs,
-    futures,
     measure_uncertainty,
     train_ensemble_cmd,
 )

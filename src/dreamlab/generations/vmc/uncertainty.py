@@ -3,8 +3,8 @@
 Commands (each a thin wrapper over the function beside its dataclass, registered in
 :mod:`dreamlab.cli`):
 
-- ``dreamlab futures``: K futures from one real start point -> ``RUN/futures.png``,
-  ``RUN/futures_reward.png``, ``RUN/futures.json``;
+- (``dreamlab futures``, K futures from one real start point, serves every generation:
+  :mod:`dreamlab.futures_command`; its ``--ensemble`` dreams in :func:`ensemble_world_model`);
 - ``dreamlab train-ensemble``: M MDN-RNNs on bootstrap resamples -> ``RUN/mdnrnn_ensemble/<i>/``;
 - ``dreamlab uncertainty``: disagreement vs real one-step error on fresh held-out episodes,
   on and off the training distribution -> ``RUN/uncertainty.json``, ``RUN/uncertainty.png``;
@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from dreamlab.checkpoint import CheckpointError
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.store import EpisodeStore
@@ -31,16 +29,13 @@ from dreamlab.generations.vmc.worldmodel import VMWorldModel
 from dreamlab.io import atomic_write_json
 from dreamlab.rundir import RunError, timed
 from dreamlab.train.encode import encode_store
-from dreamlab.worldmodel import WorldModel
 
 __all__ = [
     "ENSEMBLE_DIR",
-    "FuturesArgs",
     "TrainEnsembleArgs",
     "UncertaintyArgs",
     "controller_world_model",
     "ensemble_world_model",
-    "futures",
     "measure_uncertainty",
     "stage_ensemble",
     "train_ensemble_cmd",
@@ -164,93 +159,6 @@ def ensemble_world_model(
         features=features,
         termination=run.config.dream_termination,
     )
-
-
-# ------------------------------------------------------------------------------ futures
-@dataclass
-class FuturesArgs:
-    """Sample many futures from one real start point; plot the imagined frames and a reward fan."""
-
-    run: Path
-    """run directory holding vae/, mdnrnn/ and data/"""
-    samples: int = 64
-    """K futures sampled as one batch"""
-    horizon: int = 30
-    """imagined steps"""
-    temperature: float = 1.0
-    """MDN sampling temperature tau"""
-    episode: int = 0
-    """episode of the run's data/ (position in the store) giving the start and the actions"""
-    start: int = 0
-    """first context frame in that episode"""
-    context: int = 2
-    """real frames the model observes before imagining"""
-    ensemble: bool = False
-    """imagine with the ensemble (RUN/mdnrnn_ensemble) instead of the single M; adds a
-    disagreement panel"""
-    seed: int = 0
-    """seed of the sampling noise"""
-    name: str = "futures"
-    """output files RUN/NAME.png, RUN/NAME_reward.png, RUN/NAME.json"""
-
-
-def futures(args: FuturesArgs) -> dict[str, Any]:
-    """``dreamlab futures``: sample the futures, write the pictures and ``RUN/NAME.json``."""
-    from dreamlab.eval.futures import plot_futures_frames, plot_reward_fan, sample_futures
-
-    if args.samples < 1 or args.horizon < 1 or args.context < 1:
-        raise ValueError(
-            f"futures: samples, horizon and context must be >= 1, got {args.samples}, "
-            f"{args.horizon}, {args.context}"
-        )
-    run = Run.open(args.run)
-    store = run.data()
-    if not 0 <= args.episode < len(store):
-        raise ValueError(f"futures: --episode {args.episode} not in [0, {len(store)})")
-    ep = store.episode(store.indices[args.episode])
-    steps = len(ep["action"])
-    last = args.start + args.context - 1  # the last context frame
-    if args.start < 0 or last + args.horizon > steps:
-        raise ValueError(
-            f"futures: episode {args.episode} has {steps} steps; --start {args.start} with "
-            f"--context {args.context} and --horizon {args.horizon} needs "
-            f"{last + args.horizon}"
-        )
-    world_model: WorldModel = ensemble_world_model(run) if args.ensemble else run.world_model()
-    result = sample_futures(
-        world_model,
-        np.array(ep["obs"][args.start : last + 1]),
-        np.array(ep["action"][last : last + args.horizon]),
-        args.samples,
-        args.temperature,
-        args.seed,
-        context_actions=np.array(ep["action"][args.start : last]),
-    )
-    real = np.asarray(ep["obs"][last : last + args.horizon + 1])
-    real_reward = np.asarray(ep["reward"][last : last + args.horizon], dtype=np.float64)
-    frames_png, reward_png = run / f"{args.name}.png", run / f"{args.name}_reward.png"
-    plot_futures_frames(result, frames_png, real=real)
-    plot_reward_fan(result, reward_png, real_reward=real_reward)
-    cumulative = result.cumulative_reward[:, -1]
-    summary: dict[str, Any] = {
-        "episode": args.episode,
-        "start": args.start,
-        "context": args.context,
-        "horizon": args.horizon,
-        "samples": args.samples,
-        "temperature": args.temperature,
-        "world_model": "ensemble" if args.ensemble else "single",
-        "pixel_spread_mean_per_step": result.pixel_spread().mean(axis=(1, 2)).round(5).tolist(),
-        "cumulative_reward_percentiles_5_50_95": np.percentile(cumulative, [5, 50, 95]).tolist(),
-        "real_cumulative_reward": float(real_reward.sum()),
-    }
-    if result.disagreement is not None:
-        summary["disagreement_median_per_step"] = (
-            np.median(result.disagreement, axis=0).round(6).tolist()
-        )
-    atomic_write_json(run / f"{args.name}.json", summary)
-    print(f"futures: {args.samples} samples x {args.horizon} steps -> {frames_png}, {reward_png}")
-    return summary
 
 
 # ------------------------------------------------------------------------------ measure
