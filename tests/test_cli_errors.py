@@ -133,7 +133,7 @@ CASES: dict[str, tuple[str, Damage | None, str, int, str | None]] = {
     "uncertainty": ("--run {run}", None, "{run}/mdnrnn_ensemble", 2, None),
     "train-dreamer": ("--run {tmp}/td --preset nosuch", None, "nosuch", 2, "{tmp}/td"),
     "compare-models": ("--out {tmp}/cm --data {tmp}/none", None, "{tmp}/none", 2, "{tmp}/cm"),
-    "train-tokens": ("--out {tmp}/tt --env nosuch-v0", None, "nosuch-v0", 2, "{tmp}/tt"),
+    "train-tokens": ("--run {tmp}/tt --env nosuch-v0", None, "nosuch-v0", 2, "{tmp}/tt"),
     "train-diffusion": ("--out {tmp}/td --data {tmp}/none", None, "{tmp}/none", 2, "{tmp}/td"),
 }
 

@@ -382,7 +382,7 @@ def test_cli_train_diffusion_end_to_end_and_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = [
         "train-diffusion",
-        "--out",
+        "--run",
         str(out),
         "--env",
         "catch-32",
@@ -413,6 +413,7 @@ def test_cli_train_diffusion_end_to_end_and_resume(tmp_path: Path) -> None:
     assert summary["episodes"] == 2 and "catch_rate" in summary
     assert summary["fidelity"]["horizons"] == [1, 5, 10, 20]
     assert (out / "dream_vs_real.mp4").exists() and (out / "world_model" / "trainer.json").exists()
-    assert main(argv) == 0  # everything on disk: resumes, trains nothing
+    # everything on disk: resumes, trains nothing (--out, the old name of --run, still works)
+    assert main(["--out" if a == "--run" else a for a in argv]) == 0
     changed = [*argv[:-1], "--lr", "0.1", "--no-progress"]
     assert main(changed) == 2  # other settings in the same directory: one clear error

@@ -3,7 +3,7 @@ models is :mod:`~dreamlab.generations.diffusion.run`'s, re-exported here).
 
 ``dreamlab pipeline --preset catch-diffusion --run R`` runs (or resumes) every stage of
 :func:`~dreamlab.generations.diffusion.train.train_diffusion` in ``R``, then writes ``report.md``
-(:mod:`dreamlab.generations.diffusion.report`); ``dreamlab train-diffusion --out R`` is the same
+(:mod:`dreamlab.generations.diffusion.report`); ``dreamlab train-diffusion --run R`` is the same
 run without the report. The run's ``config.json`` is ``{"kind": "diffusion", "config":
 TrainDiffusionConfig}``.
 """

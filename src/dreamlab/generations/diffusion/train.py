@@ -1,7 +1,7 @@
 """Generation three: train a DIAMOND-style diffusion world model, an agent inside its dream, and
 evaluate the agent in the real environment (``dreamlab train-diffusion``), resumably.
 
-Stages in ``--out DIR``::
+Stages in ``--run DIR`` (``--out`` is the same)::
 
     config.json              {"kind": "diffusion", "config": the TrainDiffusionConfig}
     data/                    collected episodes (only with --env/--collect-episodes)
@@ -25,9 +25,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+import tyro
 
 from dreamlab.checkpoint import CheckpointError, config_from_dict, load_model
 from dreamlab.data.store import EpisodeStore
@@ -67,10 +68,10 @@ KIND = "diffusion"
 class TrainDiffusionConfig:
     """Train a DIAMOND-style diffusion world model, an agent in its dream, and evaluate it."""
 
-    out: Path = Path("runs/diffusion")
+    out: Annotated[Path, tyro.conf.arg(name="run", aliases=("--out",))] = Path("runs/diffusion")
     """run directory (created, or resumed when it exists)"""
     data: Path | None = None
-    """episode store to train on; when absent, --env/--collect-episodes collect into OUT/data"""
+    """episode store to train on; when absent, --env/--collect-episodes collect into RUN/data"""
     env: str = "catch-32"
     """env preset to collect from and evaluate in (with --data: read from the store)"""
     env_kwargs: dict[str, int | float | bool | str] = field(
@@ -153,12 +154,12 @@ def _record_config(out: Path, cfg: TrainDiffusionConfig) -> None:
         return
     kind, saved = found
     if kind != KIND:
-        raise RunError(f"{out}: holds a {kind} run, not a diffusion run; use another --out")
-    check_same_settings(out, saved, asdict(cfg), free=_FREE, flag="--out")
+        raise RunError(f"{out}: holds a {kind} run, not a diffusion run; use another --run")
+    check_same_settings(out, saved, asdict(cfg), free=_FREE, flag="--run")
 
 
 def run_store(cfg: TrainDiffusionConfig, out: Path) -> EpisodeStore:
-    """The episode store the run trains on: ``--data``, else ``OUT/data``."""
+    """The episode store the run trains on: ``--data``, else ``RUN/data``."""
     return EpisodeStore.open(cfg.data if cfg.data is not None else out / "data")
 
 

@@ -1,6 +1,6 @@
 """Generation four: train the token world model and an agent inside its dream, resumably.
 
-``dreamlab train-tokens --data STORE --out DIR`` (or ``--env catch-32 --collect-episodes N``)
+``dreamlab train-tokens --data STORE --run DIR`` (or ``--env catch-32 --collect-episodes N``)
 runs its stages in ``DIR``, each resuming from its own checkpoint (wall time per stage in
 ``DIR/timings.json``):
 
@@ -21,9 +21,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+import tyro
 
 from dreamlab.data.store import EpisodeStore
 from dreamlab.envs.scenarios import CATCH_WORDS
@@ -197,10 +198,10 @@ def run_pipeline(run: Path, preset: str | None, cfg: PipelineConfig) -> Path:
 class TrainTokensArgs:
     """Train the token world model (VQ + transformer, IRIS/GAIA-1) and an agent in its dream."""
 
-    out: Path = Path("runs/tokens")
+    out: Annotated[Path, tyro.conf.arg(name="run", aliases=("--out",))] = Path("runs/tokens")
     """run directory (created, or resumed with the same settings)"""
     data: Path | None = None
-    """episode store to train on; without it, --collect-episodes are collected into OUT/data"""
+    """episode store to train on; without it, --collect-episodes are collected into RUN/data"""
     preset: str = "tiny"
     """sizes and budgets: tiny (CPU, 32x32 Catch) or iris (IRIS's sizes, a GPU)"""
     env: str | None = None
