@@ -271,6 +271,33 @@ def test_compare_writes_results_and_resumes(
         run_compare(dataclasses.replace(args, episodes=3))
 
 
+def test_compare_takes_a_world_model_run_of_any_generation(
+    tmp_path: Path, one_thread: None
+) -> None:
+    from dreamlab.rundir import RunError
+
+    wm = tmp_path / "dreamer"
+    argv = ["pipeline", "--run", str(wm), "--preset", "catch-dreamer-debug", "--no-progress"]
+    assert main(argv) == 0
+    args = CompareArgs(
+        run=tmp_path / "cmp",
+        wm_run=wm,
+        episodes=2,
+        actions_k=(10,),
+        start_strengths=(1.0,),
+        harder_strengths=(1.0,),
+        bc_steps=2,
+        progress=False,
+    )
+    with pytest.raises(RunError, match="bc_latent reads V\\+M"):
+        run_compare(dataclasses.replace(args, agents=("controller", "bc_latent")))
+    data = run_compare(args)  # the default agents: bc_latent (V+M's [z, h]) is left out
+    assert data["settings"]["world_model_kind"] == "rssm"
+    assert len(data["results"]) == 4 * 4 and "controller/harder/1" in data["results"]
+    assert data["frames"]["bc_env_steps"] >= data["frames"]["world_model_env_steps"] > 0
+    assert "Dreamer's actor" in (tmp_path / "cmp" / "report.md").read_text()
+
+
 # ---------------------------------------------------------------------------------- errors
 def test_bad_configs_name_the_field() -> None:
     with pytest.raises(ValueError, match="BCConfig.inputs"):

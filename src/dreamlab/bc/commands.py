@@ -16,7 +16,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from dreamlab.data.collect import CollectConfig, collect
 from dreamlab.data.store import EpisodeStore
@@ -52,6 +52,7 @@ def collect_demos(
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> EpisodeStore:
     """Collect demonstrations with a named policy into the store at ``out`` (resumable).
 
@@ -63,6 +64,7 @@ def collect_demos(
             (how the comparison gives BC as many env frames as the world model saw).
         seed: episode ``i`` is played with seed ``seed + i``.
         workers: collection processes (default: one per CPU).
+        env_kwargs: the env's constructor keywords (the world model's env, e.g. discrete actions).
     """
     if policy not in POLICY_NAMES:
         raise ValueError(f"collect_demos: policy={policy!r}; expected one of {list(POLICY_NAMES)}")
@@ -79,6 +81,7 @@ def collect_demos(
                 seed=seed,
                 workers=workers,
                 progress=progress,
+                env_kwargs=dict(env_kwargs or {}),
             )
         )
         store = EpisodeStore.open(out)

@@ -5,7 +5,8 @@ episodes (``WM_RUN/data``), BC as many steps of expert demonstrations (``RUN/dem
 agent is then scored in the real env with no shift, and under each shift of
 :mod:`dreamlab.envs.shift` at every strength:
 
-    agents   expert, random, controller (V+M+C from WM_RUN), bc (pixels), bc_latent ([z, h])
+    agents   expert, random, controller (the agent WM_RUN trained in its dream: any generation),
+             bc (pixels), bc_latent (V+M's [z, h]; a V/M/C run only)
     shifts   actions (k random steps per ball), start (perturbed ball starts), harder (env)
 
 ``RUN/compare.json`` keeps every result as it is computed (an interrupted comparison resumes
@@ -30,9 +31,22 @@ from dreamlab.bc.commands import (
 )
 from dreamlab.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 
-__all__ = ["COMPARE_AGENTS", "CompareArgs", "run_compare", "write_compare_report"]
+__all__ = [
+    "COMPARE_AGENTS",
+    "CompareArgs",
+    "WorldModelSide",
+    "run_compare",
+    "write_compare_report",
+]
 
 COMPARE_AGENTS = ("expert", "random", "controller", "bc", "bc_latent")
+CONTROLLER_LABELS = {
+    "vmc": "V+M+C trained by CMA-ES in the dream",
+    "rssm": "Dreamer's actor trained in the RSSM's imagination",
+    "diffusion": "the Q-agent trained in the diffusion model's dream",
+    "tokens": "the actor-critic trained in the token model's dream",
+}
+"""what the ``controller`` agent is, per generation of the world-model run"""
 SHIFT_LABELS = {
     "actions": "random actions for the first k steps of each ball",
     "start": "perturbed ball starts (strength s)",
@@ -50,7 +64,8 @@ class CompareArgs:
     preset: str = "catch"
     """pipeline preset; run into RUN first when no --wm-run is given"""
     wm_run: Path | None = None
-    """existing pipeline run whose V+M+C is the world-model side (default: train one in RUN)"""
+    """existing run of any generation whose dream-trained agent is the world-model side (default:
+    train one in RUN from --preset)"""
     episodes: int = 100
     """evaluation episodes per agent and shift strength"""
     actions_k: tuple[int, ...] = (5, 10, 15, 20)
@@ -110,30 +125,77 @@ def _catch_config(env: str, **overrides: Any) -> Any:
     return CatchConfig(**{k: v for k, v in merged.items() if k in fields})
 
 
-def _agent_factory(args: CompareArgs, wm_run: Any) -> Callable[[str, str, float], Any]:
+@dataclass
+class WorldModelSide:
+    """The world-model side of the comparison: a run of any generation, its episodes and env."""
+
+    path: Path
+    kind: str
+    """the run's generation"""
+    store: Any
+    """the episode store its world model learned from (``EpisodeStore``)"""
+    env: str
+    env_kwargs: dict[str, Any]
+    collect_policy: str
+
+    @classmethod
+    def open(cls, path: Path) -> WorldModelSide:
+        """The run at ``path``: its episodes are ``RUN/data`` (or the store its config names)."""
+        from dreamlab.data.store import STORE_FILE, EpisodeStore
+        from dreamlab.rundir import RunError, read_run_config
+
+        found = read_run_config(path)
+        if found is None:
+            raise RunError(f"{path}: no run here (no config.json); give a trained run as --wm-run")
+        kind, config = found
+        data = Path(config["data"]) if config.get("data") else path / "data"
+        if not (data / STORE_FILE).is_file():
+            raise RunError(f"{path}: no episode store at {data}; the world model's episodes")
+        store = EpisodeStore.open(data)
+        preset = store.meta.preset or {}
+        env = str(preset.get("name") or store.meta.env_id)
+        kwargs = {**dict(preset.get("env_kwargs") or {}), **dict(config.get("env_kwargs") or {})}
+        policy = str(config.get("collect_policy", "random"))
+        return cls(Path(path), kind, store, env, kwargs, policy)
+
+    def controller(self) -> Any:
+        """The agent the run trained in its dream (any generation)."""
+        from dreamlab.generations import get
+
+        return get(self.kind).load_agent(self.path, "cpu", None)
+
+    def features_world_model(self) -> Any:
+        """V+M, whose [z, h] the latent BC policy reads (a V/M/C run only)."""
+        from dreamlab.generations.vmc.run import Run
+
+        return Run.open(self.path).world_model("zh")
+
+
+def _agent_factory(args: CompareArgs, side: WorldModelSide) -> Callable[[str, str, float], Any]:
     """``(agent, kind, strength) -> policy``; models are loaded once."""
     from dreamlab.bc.policy import BCPolicy
     from dreamlab.envs.policies import make_policy
     from dreamlab.envs.shift import harder_catch_kwargs
-    from dreamlab.generations.vmc.agent import VMCAgent
+    from dreamlab.rundir import run_action_space
 
-    env = wm_run.config.env
-    space = wm_run.action_space()
+    env, kwargs = side.env, side.env_kwargs
+    space = run_action_space(side.path, env, kwargs)
     cache: dict[str, Any] = {}
 
     def get(agent: str, kind: str, strength: float) -> Any:
         if agent == "random":
             return make_policy("random", space, seed=args.seed)
         if agent == "expert":
-            extra = harder_catch_kwargs(strength, _catch_config(env)) if kind == "harder" else {}
-            return make_policy("expert", space, config=_catch_config(env, **extra))
+            base = _catch_config(env, **kwargs)
+            extra = harder_catch_kwargs(strength, base) if kind == "harder" else {}
+            return make_policy("expert", space, config=_catch_config(env, **{**kwargs, **extra}))
         if agent not in cache:
             if agent == "controller":
-                cache[agent] = VMCAgent(wm_run.world_model("zh"), wm_run.controller())
+                cache[agent] = side.controller()
             elif agent == "bc":
                 cache[agent] = BCPolicy.load(args.run / "bc")
             else:
-                cache[agent] = BCPolicy.load(args.run / "bc_latent", wm_run.world_model("zh"))
+                cache[agent] = BCPolicy.load(args.run / "bc_latent", side.features_world_model())
         return cache[agent]
 
     return get
@@ -178,37 +240,48 @@ def run_compare(args: CompareArgs) -> dict[str, Any]:
         ValueError: ``RUN/compare.json`` was made with other settings, or a shift does not fit
             the env.
     """
+    from dreamlab.commands import run_pipeline
     from dreamlab.envs.shift import make_shifted_env
     from dreamlab.eval.evaluate import evaluate_policy
+    from dreamlab.generations import for_preset
     from dreamlab.generations.args import PipelineConfig
-    from dreamlab.generations.vmc.pipeline import run_pipeline
-    from dreamlab.generations.vmc.run import Run
     from dreamlab.progress import tqdm
+    from dreamlab.rundir import RunError
 
     t0 = time.perf_counter()
     root = Path(args.run)
-    if args.wm_run is None:
+    if args.wm_run is None:  # V/M/C stops after C (the comparison's agents are its own)
+        vmc = for_preset(args.preset).kind == "vmc"
+        until = "controller" if vmc else None
         run_pipeline(
-            PipelineConfig(run=root, preset=args.preset, until="controller", progress=args.progress)
+            PipelineConfig(run=root, preset=args.preset, until=until, progress=args.progress)
         )
     wm_path = Path(args.wm_run) if args.wm_run is not None else root
-    wm_run = Run.open(wm_path)
-    env = wm_run.config.env
+    side = WorldModelSide.open(wm_path)
+    if side.kind != "vmc" and "bc_latent" in args.agents:
+        if tuple(args.agents) != COMPARE_AGENTS:
+            raise RunError(
+                f"bc_latent reads V+M's [z, h]; {wm_path} is a {side.kind} run; leave it out"
+            )
+        args = dataclasses.replace(args, agents=tuple(a for a in args.agents if a != "bc_latent"))
+        print(f"compare: {wm_path} is a {side.kind} run; bc_latent (V+M's [z, h]) left out")
+    env = side.env
     path = root / "compare.json"
     data = _load_results(path, _settings(args, wm_path))
     data["settings"]["env"] = env
+    data["settings"]["world_model_kind"] = side.kind
     root.mkdir(parents=True, exist_ok=True)
 
     # Same env frames for both learners: BC's demonstrations match the world model's data.
-    wm_steps = wm_run.data().num_steps
+    wm_steps = side.store.num_steps
     demos = collect_demos(
         env, root / "demos", policy="expert", min_steps=wm_steps, seed=args.seed,
-        progress=args.progress,
+        progress=args.progress, env_kwargs=side.env_kwargs,
     )  # fmt: skip
     data["frames"] = {
         "world_model_env_steps": wm_steps,
-        "world_model_episodes": len(wm_run.data()),
-        "world_model_policy": wm_run.config.collect_policy,
+        "world_model_episodes": len(side.store),
+        "world_model_policy": side.collect_policy,
         "bc_env_steps": demos.num_steps,
         "bc_episodes": len(demos),
         "bc_policy": "expert",
@@ -233,7 +306,7 @@ def run_compare(args: CompareArgs) -> dict[str, Any]:
     data["training"] = training
     atomic_write_json(path, data)
 
-    get_agent = _agent_factory(args, wm_run)
+    get_agent = _agent_factory(args, side)
     todo = [
         (agent, kind, strength)
         for kind, strength in args.conditions
@@ -244,7 +317,9 @@ def run_compare(args: CompareArgs) -> dict[str, Any]:
     for agent, kind, strength in bar:
         bar.set_postfix_str(f"{agent} {kind} {strength:g}")
         result = evaluate_policy(
-            lambda kind=kind, strength=strength: make_shifted_env(env, kind, strength),  # type: ignore[misc]
+            lambda kind=kind, strength=strength: make_shifted_env(  # type: ignore[misc]
+                env, kind, strength, **side.env_kwargs
+            ),
             get_agent(agent, kind, strength),
             args.episodes,
             env_name=env,
@@ -356,7 +431,8 @@ def write_compare_report(root: Path, data: dict[str, Any], args: CompareArgs) ->
         lines.append("")
     lines += [
         "Agents: `expert` the scripted Catch player (the demonstrator); `random` uniform actions; "
-        "`controller` V+M+C trained by CMA-ES in the dream; `bc` a CNN on the last "
+        f"`controller` {CONTROLLER_LABELS.get(data['settings'].get('world_model_kind', 'vmc'))}; "
+        "`bc` a CNN on the last "
         f"{args.frame_stack} frames trained on the demonstrations; `bc_latent` an MLP on V+M's "
         "[z, h] trained on the same demonstrations. Made by `dreamlab compare` "
         "(see docs/bc.md).",
