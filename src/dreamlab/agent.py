@@ -1,7 +1,9 @@
 """What every world-model agent shares in the real environment, with a Stable-Baselines3-shaped
 ``predict``: frames in, memory reset where an episode starts (``predict_inputs``), and
 ``ActorAgent`` (any world model + an actor trained in its imagination; the Dreamer and token
-generations use it). The V+M+C agent is :mod:`dreamlab.generations.vmc.agent`.
+generations use it), and ``BCPolicy`` (a behavioral-cloning network, on pixels or on a world
+model's features; trained by :mod:`dreamlab.bc`). The V+M+C agent is
+:mod:`dreamlab.generations.vmc.agent`.
 
 The loop of each call: observe the frame, read features, act, then advance the world model's
 memory with the action taken (the imagined next observation is discarded because the next real
@@ -11,16 +13,30 @@ frame replaces it). The recurrent state is returned to the caller and reset wher
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from dreamlab.checkpoint import CheckpointError, load_model
 from dreamlab.models import frames_to_tensor
 from dreamlab.models.actor_critic import ActorCritic
+from dreamlab.models.bc import BCNet
 from dreamlab.worldmodel import ActionSpec, State, WorldModel, select_state
 
-__all__ = ["ActorAgent", "action_spec_of", "frame_batch", "predict_inputs", "reset_mask"]
+__all__ = [
+    "BC_SOURCE_FILE",
+    "ActorAgent",
+    "BCPolicy",
+    "action_spec_of",
+    "frame_batch",
+    "predict_inputs",
+    "reset_mask",
+]
+
+BC_SOURCE_FILE = "bc.json"
+"""written beside a BC checkpoint: what it was trained on (demos, world model run, frames)"""
 
 
 def frame_batch(obs: Any, who: str) -> tuple[np.ndarray, bool]:
@@ -145,3 +161,137 @@ class ActorAgent:
         out = env_action.cpu().numpy()
         out = out.astype(np.int64) if self.discrete else out.astype(np.float32)
         return (out[0] if single else out), state
+
+
+# ------------------------------------------------------------------------------ BC policies
+
+
+class BCPolicy:
+    """A :class:`~dreamlab.models.bc.BCNet` acting in an env.
+
+    Args:
+        net: the trained network.
+        world_model: required for ``inputs='features'`` (its ``feature_dim`` must match), unused
+            for pixels.
+    """
+
+    def __init__(self, net: BCNet, world_model: WorldModel | None = None) -> None:
+        c = net.config
+        if c.inputs == "features":
+            if world_model is None:
+                raise ValueError("BCPolicy: a features BC network needs the world model it reads")
+            if world_model.feature_dim != c.feature_dim:
+                raise ValueError(
+                    f"BCPolicy: the world model's features have size {world_model.feature_dim}, "
+                    f"the network reads {c.feature_dim}"
+                )
+        self.net = net.eval()
+        self.world_model = world_model if c.inputs == "features" else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        obs: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
+        """Actions for a batch of frames.
+
+        Args:
+            obs: uint8 frames ``(N, H, W, 3)``.
+            state: the state returned by the previous call (``None``: every env starts fresh).
+            episode_start: ``(N,)`` bool; memory is reset where true.
+            deterministic: accepted for SB3 compatibility; the policy is deterministic.
+
+        Returns:
+            ``(actions, state)``: ``(N, A)`` float32 (Box) or ``(N,)`` int64 (Discrete).
+        """
+        frames = np.asarray(obs)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"BCPolicy.predict: obs of shape {frames.shape} and dtype {frames.dtype}; "
+                "expected uint8 (N, H, W, 3)"
+            )
+        n = frames.shape[0]
+        start = (
+            np.ones(n, dtype=bool)
+            if episode_start is None
+            else np.asarray(episode_start, dtype=bool)
+        )
+        if start.shape != (n,):
+            raise ValueError(
+                f"BCPolicy.predict: episode_start of shape {start.shape}; expected ({n},)"
+            )
+        if self.world_model is None:
+            return self._predict_pixels(frames, state, start)
+        return self._predict_features(frames, state, start)
+
+    def _predict_pixels(
+        self, frames: np.ndarray, state: np.ndarray | None, start: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        k = self.net.config.frame_stack
+        n = frames.shape[0]
+        if state is None or state.shape[0] != n:
+            stack = np.repeat(frames[:, None], k, axis=1)  # (N, K, H, W, 3)
+        else:
+            stack = np.concatenate([state[:, 1:], frames[:, None]], axis=1)  # (N, K, H, W, 3)
+            stack[start] = frames[start, None]
+        actions = self.net.act(torch.as_tensor(stack, device=self.device))
+        return self._to_numpy(actions), stack
+
+    def _predict_features(
+        self, frames: np.ndarray, state: State | None, start: np.ndarray
+    ) -> tuple[np.ndarray, State]:
+        wm = self.world_model
+        assert wm is not None
+        n = frames.shape[0]
+        fresh = wm.initial_state(n)
+        if state is None or next(iter(state.values())).shape[0] != n:
+            state = fresh
+        elif start.any():
+            state = select_state(torch.as_tensor(start, device=wm.device), fresh, state)
+        state = wm.observe(state, frames_to_tensor(frames, device=wm.device))
+        actions = self.net.act(wm.features(state).to(self.device))  # (N, A) or (N,)
+        state, _, _ = wm.step(state, actions.to(wm.device))
+        return self._to_numpy(actions), state
+
+    def _to_numpy(self, actions: torch.Tensor) -> np.ndarray:
+        out = actions.cpu().numpy()
+        if self.net.config.action_kind == "discrete":
+            return out.astype(np.int64)
+        return out.astype(np.float32)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        bc_dir: str | Path,
+        world_model: WorldModel | None = None,
+        *,
+        device: torch.device | str = "cpu",
+    ) -> BCPolicy:
+        """Rebuild a policy from a directory written by :func:`dreamlab.bc.train.train_bc`.
+
+        Args:
+            bc_dir: holds ``config.json`` + ``model.safetensors`` (kind ``bc``).
+            world_model: the world model a features network reads (its ``bc.json`` names the run
+                it was trained with: ``world_model_run``).
+
+        Raises:
+            CheckpointError: missing or foreign checkpoint, or a features network without its
+                world model.
+        """
+        bc_dir = Path(bc_dir)
+        net = load_model(bc_dir, BCNet, device=device)
+        assert isinstance(net, BCNet)
+        if net.config.inputs == "features" and world_model is None:
+            raise CheckpointError(
+                f"{bc_dir}: this BC network reads a world model's features; load it with the "
+                "world model of the run its bc.json names (world_model_run)"
+            )
+        return cls(net, world_model)

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import dreamlab.bc  # noqa: F401  (lets load_agent load a run's 'bc' and 'bc_latent' agents)
 from dreamlab.commands import run_pipeline as _run_pipeline
 from dreamlab.generations import for_run
 from dreamlab.generations.args import PipelineConfig

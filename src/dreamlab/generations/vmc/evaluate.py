@@ -4,20 +4,20 @@ and the ``dreamlab evaluate`` / ``dream`` / ``report`` commands on a V/M/C run.
 Agents are named: ``random``, ``brownian`` (sticky random actions on a Discrete space, a random
 walk on a Box), ``expert`` (Catch), ``controller`` (the last C),
 ``controller_roundR`` (round R's C of the iterative procedure), ``controller_vonly``, ``planner``
-(CEM/MPPI in the run's dream), any other C trained with ``train-controller --name NAME``, and the
-agents other packages train into the run directory and register here (:func:`register_agent`;
-:mod:`dreamlab.bc` registers ``bc`` and ``bc_latent``, so this generation never imports it).
+(CEM/MPPI in the run's dream), any other C trained with ``train-controller --name NAME``, and
+``bc`` / ``bc_latent``, the BC policies ``dreamlab train-bc`` saves into the run
+(:class:`~dreamlab.agent.BCPolicy`; no registry, nothing filled in by an import).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from dreamlab.agent import BC_SOURCE_FILE, BCPolicy
 from dreamlab.checkpoint import has_model
 from dreamlab.dream import DreamEnv
 from dreamlab.envs.policies import make_policy
@@ -36,30 +36,34 @@ from dreamlab.rundir import RunError, timed
 from dreamlab.viz import write_video
 
 __all__ = [
-    "EXTRA_AGENTS",
+    "BC_AGENTS",
     "KINDNESS_FILE",
     "dream",
     "dream_kindness",
     "evaluate",
     "evaluate_agent",
     "load_agent",
-    "register_agent",
+    "load_bc",
     "report",
     "stage_dream",
     "stage_evaluate",
 ]
 
-AgentLoader = Callable[[Path], Any]
-"""``load(RUN/NAME) -> policy`` with an SB3-shaped ``predict``"""
-
-EXTRA_AGENTS: dict[str, tuple[AgentLoader, str]] = {}
-"""agent name -> (its loader, the ``dreamlab`` command that trains it into ``RUN/NAME``)"""
+BC_AGENTS = ("bc", "bc_latent")
+"""BC policies ``dreamlab train-bc`` saves into ``RUN/bc`` and ``RUN/bc_latent``"""
 
 
-def register_agent(name: str, load: AgentLoader, command: str) -> None:
-    """Let ``dreamlab evaluate --agent NAME`` score ``load(RUN/NAME)``, an agent that another
-    package trains into a V/M/C run directory with ``dreamlab COMMAND``."""
-    EXTRA_AGENTS[name] = (load, command)
+def load_bc(run: Run, which: str) -> BCPolicy:
+    """``RUN/bc`` (pixels) or ``RUN/bc_latent`` (reads [z, h] of the V+M its ``bc.json`` names,
+    this run's by default)."""
+    directory = run.model_dir(which, f"{which} policy", "train-bc")
+    if which == "bc":
+        return BCPolicy.load(directory)
+    file = directory / BC_SOURCE_FILE
+    source = read_json(file, "BC source") if file.exists() else {}
+    wm_run = Path(source.get("world_model_run") or run.path)
+    owner = run if wm_run.resolve() == run.path.resolve() else Run.open(wm_run)
+    return BCPolicy.load(directory, owner.world_model("zh"))
 
 
 def load_agent(
@@ -73,9 +77,8 @@ def load_agent(
     dream, or in its ensemble's with ``pessimism``."""
     if which in ("random", "expert", "brownian"):
         return make_policy(which, run.action_space(), seed=run.config.seed)
-    if which in EXTRA_AGENTS:
-        load, command = EXTRA_AGENTS[which]
-        return load(run.model_dir(which, f"{which} policy", command))
+    if which in BC_AGENTS:
+        return load_bc(run, which)
     if which == "planner":
         world_model = (
             run.world_model("zh", precision)
@@ -84,8 +87,6 @@ def load_agent(
         )
         return PlannerAgent(world_model, run.action_space(), planner)
     round_ = controller_round(which)
-    if which in ("bc", "bc_latent"):  # registered by dreamlab.bc when it is imported
-        raise RunError(f"agent {which!r} needs `import dreamlab.bc` first (the CLI does)")
     features: Literal["zh", "z"] = "z" if which == "controller_vonly" else "zh"
     return VMCAgent(
         run.world_model(features, round_=round_), run.controller(controller_path(which))
