@@ -105,3 +105,16 @@ def test_unknown_preset_and_missing_run_are_one_line(
         assert cli.main([command, "--run", str(tmp_path / "missing")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("dreamlab: error:") and "no run here" in err and "\n" not in err
+
+
+def test_pipeline_help_lists_every_preset_of_the_registry(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dreamlab.generations import preset_names
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["pipeline", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    for name in preset_names():
+        assert f" {name}," in text or f" {name};" in text or f" {name}." in text, name

@@ -12,11 +12,28 @@ from typing import Annotated, Literal
 
 import tyro
 
+from dreamlab.generations import preset_names
 from dreamlab.io import SettingError
 from dreamlab.plan.mpc import PlannerConfig
 from dreamlab.rundir import RunError
 
 __all__ = ["DreamArgs", "EvaluateArgs", "PipelineConfig", "ReportArgs"]
+
+
+def preset_help() -> str:
+    """``--preset``'s help: every preset of the registry, by generation."""
+    by_kind: dict[str, list[str]] = {}
+    for name, kind in preset_names().items():
+        by_kind.setdefault(kind, []).append(name)
+    listed = "; ".join(f"{KIND_TITLES.get(k, k)}: {', '.join(v)}" for k, v in by_kind.items())
+    return (
+        f"preset of a new run (its generation follows from it). {listed}. Default for a new "
+        "run: catch; an existing run resumes with its own"
+    )
+
+
+KIND_TITLES = {"vmc": "V/M/C", "rssm": "RSSM", "diffusion": "diffusion", "tokens": "tokens"}
+"""how ``--help`` names each generation"""
 
 
 @dataclass
@@ -26,12 +43,9 @@ class PipelineConfig:
 
     run: Path = Path("runs/demo")
     """run directory (created from --preset, or resumed)"""
-    preset: str | None = None
-    """preset of a new run (its generation follows from it): V/M/C catch, catch-debug, catch-test,
-    carracing, carracing-small, doom-takecover, doom-takecover-small; RSSM catch-dreamer,
-    catch-dreamer-continuous, catch-dreamer-debug, carracing-dreamer; diffusion catch-diffusion,
-    catch-diffusion-debug; tokens catch-tokens, catch-tokens-iris (default for a new run: catch).
-    An existing run resumes with its own"""
+    preset: Annotated[str | None, tyro.conf.arg(help=preset_help())] = None
+    """preset of a new run (its generation follows from it; `--help` lists every preset of the
+    registry); default for a new run: catch. An existing run resumes with its own"""
     env: str | None = None
     """your own environment for a new V/M/C run sized from it (the `generic` preset,
     docs/envs.md): `pkg.module:Class`, a registered Gymnasium id, or an env preset name"""
