@@ -123,15 +123,18 @@ def check_same_settings(
     given: Mapping[str, Any],
     free: tuple[str, ...] = (),
     flag: str = "--run",
+    source: str | Path | None = None,
 ) -> None:
-    """Raise :class:`RunError` naming the differing settings when a resumed run is given other
-    ones than it was started with (``free`` keys may differ: progress bars, threads, device)."""
+    """Raise :class:`RunError` naming the differing settings when a resumed run (or stage) is
+    given other ones than it was started with (``free`` keys may differ: progress bars, threads,
+    device); ``source`` names the file the saved ones came from (``RUN/config.json``)."""
     old = {k: v for k, v in jsonable(dict(saved)).items() if k not in free}
     new = {k: v for k, v in jsonable(dict(given)).items() if k not in free}
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        where = source if source is not None else Path(path) / CONFIG_FILE
         raise RunError(
-            f"{Path(path) / CONFIG_FILE}: this run was started with other settings (differing: "
+            f"{where}: this run was started with other settings (differing: "
             f"{', '.join(diff)}); run the same command to resume, or use another {flag}"
         )
 

@@ -65,6 +65,7 @@ from dreamlab.io import (
 )
 from dreamlab.models.qnet import QNet, QNetConfig
 from dreamlab.progress import tqdm
+from dreamlab.rundir import check_same_settings
 from dreamlab.worldmodel import StartLatents, State
 
 __all__ = ["DiffusionAgent", "DreamQConfig", "DreamQResult", "train_in_dream"]
@@ -199,14 +200,8 @@ def train_in_dream(
     sweep_temp_files(out)  # what a killed save left; finishes a half-moved checkpoint
     if trainer_path.exists():
         state = read_json(trainer_path, "agent trainer state")
-        saved = {k: v for k, v in dict(state.get("config", {})).items() if k not in _FREE_KEYS}
-        mine = {k: v for k, v in asdict(cfg).items() if k not in _FREE_KEYS}
-        if saved != mine:
-            diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-            raise ValueError(
-                f"{out}: holds an agent trained with other settings (differing: {diff}); "
-                "use another directory to change them"
-            )
+        saved = dict(state.get("config", {}))
+        check_same_settings(out, saved, asdict(cfg), free=_FREE_KEYS, source=trainer_path)
         done_rounds, updates = int(state["rounds"]), int(state["updates"])
         transitions, seconds = int(state["transitions"]), float(state["seconds"])
         dream_seconds, metrics = float(state["dream_seconds"]), dict(state["metrics"])
