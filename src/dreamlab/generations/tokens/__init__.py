@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.generations import Generation, lazy, one_trained_agent
-from dreamlab.generations.tokens.config import TokenRunConfig, token_preset
+from dreamlab.generations.tokens.config import KIND, TokenRunConfig, token_preset
 
 __all__ = ["GENERATION"]
 
@@ -59,7 +59,7 @@ def _load_agent(run: Path, device: str) -> Any:
 
 
 GENERATION = Generation(
-    kind="tokens",
+    kind=KIND,
     number=4,
     title="VQ tokens + causal transformer (IRIS / GAIA-1), prompts, actor-critic in the dream",
     config_class=TokenRunConfig,
@@ -69,7 +69,7 @@ GENERATION = Generation(
     train_command="train-tokens",
     pipeline=_pipeline,
     load_world_model=_load_world_model,
-    load_agent=one_trained_agent("tokens", _load_agent),
+    load_agent=one_trained_agent(KIND, _load_agent),
     evaluate=lazy("dreamlab.generations.tokens.evaluate:evaluate_tokens"),
     dream=lazy("dreamlab.generations.tokens.dream:dream_tokens"),
     report=lazy("dreamlab.generations.tokens.evaluate:write_report"),

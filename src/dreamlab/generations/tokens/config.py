@@ -6,7 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PRESETS", "TokenRunConfig", "token_preset"]
+__all__ = ["KIND", "PRESETS", "TokenRunConfig", "token_preset"]
+
+KIND = "tokens"
+"""what ``RUN/config.json`` records for a token run"""
 
 PRESETS = ("tiny", "iris")
 """the preset names :func:`token_preset` accepts"""

@@ -16,7 +16,7 @@ import torch
 
 from dreamlab.checkpoint import config_from_dict, has_model, load_model
 from dreamlab.generations.tokens.agent import TokenAgent
-from dreamlab.generations.tokens.config import TokenRunConfig
+from dreamlab.generations.tokens.config import KIND, TokenRunConfig
 from dreamlab.generations.tokens.worldmodel import TokenWorldModel
 from dreamlab.io import atomic_write_json, read_json
 from dreamlab.models.actor_critic import ActorCritic
@@ -31,7 +31,7 @@ from dreamlab.rundir import (
 from dreamlab.worldmodel import ActionSpec
 
 __all__ = [
-    "RUN_KIND",
+    "KIND",
     "TokenRun",
     "load_token_run",
     "read_token_config",
@@ -40,7 +40,6 @@ __all__ = [
     "write_data_files",
 ]
 
-RUN_KIND = "tokens"
 FREE_SETTINGS = ("device", "num_threads")
 """settings a resumed run may change"""
 
@@ -73,7 +72,7 @@ def read_token_config(path: str | Path) -> TokenRunConfig | None:
     if found is None:
         return None
     kind, config = found
-    if kind != RUN_KIND:
+    if kind != KIND:
         raise RunError(
             f"{path}: holds a {kind} run, not a token run (dreamlab train-tokens); use another "
             "directory"
@@ -93,7 +92,7 @@ def start_run(out: Path, cfg: TokenRunConfig) -> TokenRunConfig:
         check_same_settings(out, asdict(saved), asdict(cfg), free=FREE_SETTINGS, flag="--out")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        write_run_config(out, RUN_KIND, asdict(cfg))
+        write_run_config(out, KIND, asdict(cfg))
     return cfg
 
 
