@@ -79,6 +79,9 @@ def test_every_command_on_a_run_of_each_generation(
     action, _ = agent.predict(frames, None, episode_start=None)
     assert model.action_space.contains(np.asarray(action).astype(model.action_space.dtype))
     assert dreamlab.load_agent(run, "controller") is not None
+    for name in ("random", "planner"):  # every generation's, as evaluate names them
+        other, _ = dreamlab.load_agent(run, name).predict(frames, None, episode_start=None)
+        assert model.action_space.contains(np.asarray(other).astype(model.action_space.dtype))
     if kind == "vmc":  # V/M/C's other agents by name, as evaluate names them
         assert dreamlab.load_agent(run, "controller_round0") is not None
     with pytest.raises(RunError, match="no_such_agent"):

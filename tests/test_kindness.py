@@ -45,6 +45,7 @@ def test_the_verdict_says_who_the_dream_is_kind_to() -> None:
     everyone = kindness_line({"controller": kind, "random": kind})
     assert everyone.startswith("WARNING: the dream is kinder") and "M misses deaths" in everyone
     assert kindness_line({"controller": honest}).startswith("the dream is honest about C")
+    assert "random play was not scored" in kindness_line({"controller": kind})
     assert "run evaluate" in kindness_line({})
 
 

@@ -74,12 +74,27 @@ def load_world_model(run: str | os.PathLike[str], device: str = "cpu") -> WorldM
 
 def load_agent(run: str | os.PathLike[str], name: str | None = None, device: str = "cpu") -> Any:
     """An agent of the run at ``run`` with an SB3-shaped ``predict(obs, state, episode_start)``
-    that acts on real frames: the one the run trained in its dream (``name=None``), or one of the
-    agents ``dreamlab evaluate --agent`` names (V/M/C: ``controller_round0``, ``planner``,
-    ``random``, ...; every generation: ``controller``, ``random``).
+    that acts on real frames: the one the run trained in its dream (``name=None`` or
+    ``"controller"``), ``"planner"`` (CEM/MPPI with default settings in the run's world model) or
+    ``"random"``, for every generation; a V/M/C run also has the other agents ``dreamlab
+    evaluate --agent`` names (``controller_round0``, ``controller_vonly``, ``bc``, ...), loaded
+    on the CPU.
 
     Raises:
         RunError: no run there, an agent it does not have, or one not trained yet.
     """
     path = Path(run)
-    return for_run(path).load_agent(path, device, name)
+    generation = for_run(path)
+    if name in ("random", "planner") and generation.kind != "vmc":
+        from dreamlab.envs.policies import make_policy
+        from dreamlab.plan.mpc import PlannerAgent
+        from dreamlab.rundir import read_run_config, run_action_space
+
+        found = read_run_config(path)
+        assert found is not None  # for_run found the run
+        config = found[1]
+        space = run_action_space(path, config.get("env"), dict(config.get("env_kwargs") or {}))
+        if name == "random":
+            return make_policy("random", space, seed=0)
+        return PlannerAgent(load_world_model(path, device), space)
+    return generation.load_agent(path, device, name)

@@ -148,14 +148,20 @@ class WorldModelSide:
         if found is None:
             raise RunError(f"{path}: no run here (no config.json); give a trained run as --wm-run")
         kind, config = found
-        data = Path(config["data"]) if config.get("data") else path / "data"
+        data = path / "data"
+        if config.get("data"):  # a store given with --data (V/M/C generic, diffusion)
+            data = Path(config["data"])
+        elif (path / "data.json").is_file():  # where a token run records its store
+            data = Path(read_json(path / "data.json", "token run data")["store"])
         if not (data / STORE_FILE).is_file():
             raise RunError(f"{path}: no episode store at {data}; the world model's episodes")
         store = EpisodeStore.open(data)
         preset = store.meta.preset or {}
-        env = str(preset.get("name") or store.meta.env_id)
+        env = str(config.get("env") or preset.get("name") or store.meta.env_id)
         kwargs = {**dict(preset.get("env_kwargs") or {}), **dict(config.get("env_kwargs") or {})}
-        policy = str(config.get("collect_policy", "random"))
+        # Dreamer collects online with its own actor; the others record their collection policy
+        default = "its own actor (online)" if kind == "rssm" else "random"
+        policy = str(config.get("collect_policy") or default)
         return cls(Path(path), kind, store, env, kwargs, policy)
 
     def controller(self) -> Any:
@@ -250,13 +256,16 @@ def run_compare(args: CompareArgs) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     root = Path(args.run)
-    if args.wm_run is None:  # V/M/C stops after C (the comparison's agents are its own)
+    wm_path = Path(args.wm_run) if args.wm_run is not None else root
+    if args.wm_run is None:
+        # V/M/C stops after C, in RUN (the comparison's report is its own); another generation's
+        # whole pipeline runs in RUN/wm, so its report.md is not the comparison's
         vmc = for_preset(args.preset).kind == "vmc"
+        wm_path = root if vmc else root / "wm"
         until = "controller" if vmc else None
         run_pipeline(
-            PipelineConfig(run=root, preset=args.preset, until=until, progress=args.progress)
+            PipelineConfig(run=wm_path, preset=args.preset, until=until, progress=args.progress)
         )
-    wm_path = Path(args.wm_run) if args.wm_run is not None else root
     side = WorldModelSide.open(wm_path)
     if side.kind != "vmc" and "bc_latent" in args.agents:
         if tuple(args.agents) != COMPARE_AGENTS:

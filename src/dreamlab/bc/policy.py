@@ -2,7 +2,7 @@
 
 :class:`~dreamlab.agent.BCPolicy` (re-exported here) is the policy, with the Stable-Baselines3
 ``predict`` shape; it lives with the other agents that act on real frames (:mod:`dreamlab.agent`)
-so that every generation's ``evaluate`` can load it without a registry. ``bc.json`` records what a
+so that V/M/C's ``evaluate`` loads ``bc`` and ``bc_latent`` itself, without a registry. ``bc.json`` records what a
 BC network was trained on (demos, the world model run whose features it reads, frames).
 """
 

@@ -90,7 +90,10 @@ class RandomPolicy:
     def predict(
         self, obs: np.ndarray, state: Any = None, episode_start: np.ndarray | None = None
     ) -> tuple[np.ndarray, None]:
-        """Random actions ``(N, *action_shape)``; the state stays ``None``."""
+        """Random actions ``(N, *action_shape)`` for frames ``(N, H, W, 3)`` (one action for one
+        frame ``(H, W, 3)``, as every agent's ``predict``); the state stays ``None``."""
+        if np.ndim(obs) == 3 and episode_start is None:
+            return self.sample(1)[0], None
         n = np.asarray(obs).shape[0]
         if episode_start is not None:
             n = _batch_size(obs, episode_start, "RandomPolicy")

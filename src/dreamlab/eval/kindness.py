@@ -6,7 +6,8 @@ episode can last, under the rules it trained under (temperature, deaths drawn or
 its mean return there is set beside its mean return in the real env (``eval.json``).
 
 *Kinder* means the dream pays the agent clearly more than reality does: the gap is larger than
-twice its standard error and than a tenth of the real score's scale. If random play is paid more
+twice its standard error and than a tenth of the real score's scale (its mean or its spread,
+whichever is larger). If random play is paid more
 in the dream too, the dream is easier everywhere (M misses deaths or invents rewards); if only
 C is, C found an error of M to exploit. Either way C's dream score overstates it, and the
 temperature, the checks of the dream (``dream_checks``) and the iterative procedure are where to
@@ -103,12 +104,12 @@ def kindness_line(agents: dict[str, dict[str, Any]]) -> str:
     d, r = c["dream"]["mean_return"], c["real"]["mean_return"]
     rnd = agents.get("random")
     if c["kinder"]:
-        everyone = rnd is not None and rnd["kinder"]
-        why = (
-            "random play is paid more in the dream too: M misses deaths or invents rewards"
-            if everyone
-            else "random play is not: C exploits an error of M"
-        )
+        if rnd is None:
+            why = "random play was not scored, so whether only C is paid more is not known"
+        elif rnd["kinder"]:
+            why = "random play is paid more in the dream too: M misses deaths or invents rewards"
+        else:
+            why = "random play is not: C exploits an error of M"
         return (
             f"WARNING: the dream is kinder than reality: C scores {d:.2f} in its dream and "
             f"{r:.2f} in reality ({why}); its dream score overstates it"

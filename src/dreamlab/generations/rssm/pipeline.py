@@ -107,7 +107,7 @@ def evaluate_rssm(path: Path, args: EvaluateArgs) -> dict[str, Any]:
         args.episodes,
         seed=cfg.seed,
         progress=cfg.progress,
-        world_model=lambda: DreamerAgent.load(path, device=cfg.device).world_model,
+        world_model=lambda: (trained or DreamerAgent.load(path, device=cfg.device)).world_model,
         planner=args.planner,
     )
 

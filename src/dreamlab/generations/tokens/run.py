@@ -89,7 +89,7 @@ def start_run(out: Path, cfg: TokenRunConfig) -> TokenRunConfig:
     """
     saved = read_token_config(out)
     if saved is not None:
-        check_same_settings(out, asdict(saved), asdict(cfg), free=FREE_SETTINGS, flag="--out")
+        check_same_settings(out, asdict(saved), asdict(cfg), free=FREE_SETTINGS, flag="--run")
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, KIND, asdict(cfg))

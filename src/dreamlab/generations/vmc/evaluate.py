@@ -196,9 +196,10 @@ def stage_dream(run: Run) -> dict[str, Any]:
         raise RunError(f"{run.path}: no episode has {need} steps for the dream-vs-real video")
     chosen = rng.choice(candidates, size=min(16, len(candidates)), replace=False)
     episodes = [store.episode(int(i)) for i in sorted(chosen)]
-
-    def work() -> dict[str, Any]:
-        out = dream_vs_real(
+    return timed(
+        run.path,
+        "dream",
+        lambda: dream_vs_real(
             run.world_model(),
             episodes,
             run.path,
@@ -206,11 +207,8 @@ def stage_dream(run: Run) -> dict[str, Any]:
             horizon=cfg.dream_horizon,
             temperature=cfg.evolve.temperature,
             seed=cfg.seed,
-        )
-        dream_kindness(run)
-        return out
-
-    return timed(run.path, "dream", work)
+        ),
+    )
 
 
 KINDNESS_FILE = "kindness.json"

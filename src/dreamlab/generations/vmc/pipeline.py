@@ -18,14 +18,19 @@ from dreamlab.generations.args import PipelineConfig
 from dreamlab.generations.vmc.config import STAGES
 from dreamlab.generations.vmc.controller import stage_controller, vonly_evolve
 from dreamlab.generations.vmc.dream_checks import stage_checks
-from dreamlab.generations.vmc.evaluate import KINDNESS_FILE, stage_dream, stage_evaluate
+from dreamlab.generations.vmc.evaluate import (
+    KINDNESS_FILE,
+    dream_kindness,
+    stage_dream,
+    stage_evaluate,
+)
 from dreamlab.generations.vmc.generic import generic_config, prepare_data
 from dreamlab.generations.vmc.iterate import stage_first_controller, stage_iterate
 from dreamlab.generations.vmc.report import write_report
 from dreamlab.generations.vmc.run import Run
 from dreamlab.generations.vmc.stages import stage_collect, stage_encode, stage_mdnrnn, stage_vae
 from dreamlab.io import read_json
-from dreamlab.rundir import RunError, read_run_config
+from dreamlab.rundir import RunError, read_run_config, timed
 
 __all__ = ["run_pipeline"]
 
@@ -127,7 +132,13 @@ def run_pipeline(cfg: PipelineConfig) -> Run:
             else None
         ),
         "evaluate": lambda: stage_evaluate(run, progress=cfg.progress),
-        "dream": lambda: stage_dream(run),
+        # the open-loop video and error, then whether the dream is kinder than reality (C's
+        # and random play's returns in whole dreams beside eval.json's, measured again on every
+        # pass so they follow a retrained C)
+        "dream": lambda: (
+            stage_dream(run),
+            timed(run.path, "kindness", lambda: dream_kindness(run)),
+        ),
         "checks": lambda: stage_checks(run, cfg.progress),
         "report": lambda: write_report(run),
     }

@@ -145,7 +145,7 @@ def kindness_markdown(root: Path) -> list[str]:
         f"{k['episodes']} dreams per agent from real episodes' first frames, up to "
         f"{k['max_steps']} steps (the longest real episode), temperature {k['temperature']:g}, "
         f"deaths by {k['termination']} (± one standard error). Kinder: the gap exceeds twice "
-        "its standard error and a tenth of the real score.",
+        "its standard error and a tenth of the real score (or of its spread, if larger).",
         "",
     ]
     return lines

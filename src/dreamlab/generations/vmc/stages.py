@@ -117,20 +117,23 @@ def vae_foreground(run: Run, vae: VAE, frames: int = 256) -> dict[str, Any]:
     real = frames_to_tensor(FrameSampler(run.data(), frames, seed=run.config.seed + 1).sample())
     vae.eval()
     recon = torch.cat([vae(chunk)[0] for chunk in real.split(64)])
+    recall = foreground_recall(real, recon)
     out = {
         "frames": int(real.shape[0]),
         "foreground_share": float(foreground_mask(real).float().mean()),
-        "recall": foreground_recall(real, recon),
+        "recall": None if np.isnan(recall) else recall,  # None: frames without objects
         "foreground_weight": run.config.vae.foreground_weight,
     }
     atomic_write_json(run / FOREGROUND_FILE, out)
-    if out["recall"] < FOREGROUND_RECALL_LOW:
+    if out["recall"] is not None and out["recall"] < FOREGROUND_RECALL_LOW:
         print(f"[dreamlab] {foreground_line(out)}", flush=True)
     return out
 
 
 def foreground_line(fg: dict[str, Any]) -> str:
     """One sentence on ``vae/foreground.json``."""
+    if fg["recall"] is None:
+        return "the frames have no foreground (no pixel off its frame's background colour)"
     said = (
         f"V draws {fg['recall']:.0%} of the foreground pixels ({fg['foreground_share']:.1%} of "
         f"the frame, foreground weight {fg['foreground_weight']:g})"
