@@ -24,8 +24,8 @@ __all__ = ["FuturesArgs", "futures"]
 
 
 def _episodes(run: Path, data: Path | None) -> EpisodeStore:
-    """The store of real episodes the futures start from: ``data``, or the run's ``data/``."""
-    path = Path(data) if data is not None else run / "data"
+    """The store of real episodes the futures start from: ``data``, or the run's own."""
+    path = Path(data) if data is not None else for_run(run).episodes(run)
     if not (path / STORE_FILE).is_file():
         raise RunError(
             f"{path}: no episode store here; give the episodes to start from with --data STORE"
@@ -49,7 +49,7 @@ class FuturesArgs:
     temperature: float = 1.0
     """sampling temperature tau (V/M/C's MDN; other generations sample at their own)"""
     data: Path | None = None
-    """episode store giving the start and the actions (default: the run's data/)"""
+    """episode store giving the start and the actions (default: the one the run learned from)"""
     episode: int = 0
     """episode of that store (position in it) giving the start and the actions"""
     start: int = 0

@@ -35,6 +35,7 @@ __all__ = [
     "RunError",
     "check_same_settings",
     "read_run_config",
+    "read_run_config_of",
     "record_time",
     "run_action_space",
     "run_kind",
@@ -88,6 +89,26 @@ def read_run_config(path: str | Path) -> tuple[str, dict[str, Any]] | None:
         raise RunError(f"{file}: kind {kind!r} but no 'config' object")
     _check_env(config, file)
     return LEGACY_KINDS.get(kind, kind), config
+
+
+def read_run_config_of(path: str | Path, kind: str, name: str) -> dict[str, Any] | None:
+    """``config`` of the run at ``path`` when it is a ``kind`` run (``name``: how an error calls
+    that generation), ``None`` when there is no run there.
+
+    Raises:
+        RunError: ``path`` holds a run of another generation (or what :func:`read_run_config`
+            refuses).
+    """
+    found = read_run_config(path)
+    if found is None:
+        return None
+    recorded, config = found
+    if recorded != kind:
+        raise RunError(
+            f"{path}: holds a {recorded} run, not a {name} run; use its own commands or another "
+            "--run directory"
+        )
+    return config
 
 
 def _check_env(config: Mapping[str, Any], file: Path) -> None:

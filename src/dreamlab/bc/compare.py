@@ -142,17 +142,14 @@ class WorldModelSide:
     def open(cls, path: Path) -> WorldModelSide:
         """The run at ``path``: its episodes are ``RUN/data`` (or the store its config names)."""
         from dreamlab.data.store import STORE_FILE, EpisodeStore
+        from dreamlab.generations import get
         from dreamlab.rundir import RunError, read_run_config
 
         found = read_run_config(path)
         if found is None:
             raise RunError(f"{path}: no run here (no config.json); give a trained run as --wm-run")
         kind, config = found
-        data = path / "data"
-        if config.get("data"):  # a store given with --data (V/M/C generic, diffusion)
-            data = Path(config["data"])
-        elif (path / "data.json").is_file():  # where a token run records its store
-            data = Path(read_json(path / "data.json", "token run data")["store"])
+        data = get(kind).episodes(path)
         if not (data / STORE_FILE).is_file():
             raise RunError(f"{path}: no episode store at {data}; the world model's episodes")
         store = EpisodeStore.open(data)

@@ -37,6 +37,7 @@ __all__ = [
     "lazy",
     "one_trained_agent",
     "preset_names",
+    "run_data",
 ]
 
 KINDS: dict[str, str] = {
@@ -58,6 +59,11 @@ def lazy(target: str) -> Callable[..., Any]:
 
     call.__qualname__ = call.__name__ = target
     return call
+
+
+def run_data(run: Path) -> Path:
+    """``RUN/data``: where a run keeps its episodes unless it records another store."""
+    return Path(run) / "data"
 
 
 def one_trained_agent(kind: str, load: Callable[[Path, str], Any]) -> Callable[..., Any]:
@@ -112,6 +118,8 @@ class Generation:
     """``dream(run, DreamArgs)``: a decoded dream video -> its path"""
     report: Callable[[Path], Path]
     """``report(run)``: write ``RUN/report.md`` -> its path"""
+    episodes: Callable[[Path], Path] = run_data
+    """``episodes(run)``: the episode store its world model learned from (default ``RUN/data``)"""
     build_contender: Callable[[Any], Any] | None = None
     """``compare-models`` builder ``build(CompareContext) -> Contender``"""
     contender_name: str | None = None

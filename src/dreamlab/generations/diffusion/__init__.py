@@ -39,6 +39,7 @@ GENERATION = Generation(
     load_agent=one_trained_agent(
         KIND, lazy("dreamlab.generations.diffusion.run:load_diffusion_agent")
     ),
+    episodes=lazy("dreamlab.generations.diffusion.run:episodes_path"),
     evaluate=lazy("dreamlab.generations.diffusion.pipeline:evaluate_diffusion"),
     dream=lazy("dreamlab.generations.diffusion.report:dream_diffusion"),
     report=lazy("dreamlab.generations.diffusion.report:write_diffusion_report"),

@@ -14,9 +14,9 @@ from dreamlab.generations.diffusion.agent import DiffusionAgent
 from dreamlab.generations.diffusion.train import KIND, TrainDiffusionConfig, run_store
 from dreamlab.generations.diffusion.worldmodel import DiffusionWorldModel
 from dreamlab.models.diffusion import DiffusionModel
-from dreamlab.rundir import RunError, read_run_config, store_action_space
+from dreamlab.rundir import RunError, read_run_config_of, store_action_space
 
-__all__ = ["load_diffusion_agent", "load_diffusion_world_model", "run_config"]
+__all__ = ["episodes_path", "load_diffusion_agent", "load_diffusion_world_model", "run_config"]
 
 
 def run_config(path: Path) -> TrainDiffusionConfig:
@@ -25,14 +25,17 @@ def run_config(path: Path) -> TrainDiffusionConfig:
     Raises:
         RunError: no run at ``path``, or a run of another generation.
     """
-    found = read_run_config(path)
-    if found is None:
+    data = read_run_config_of(path, KIND, "diffusion")
+    if data is None:
         raise RunError(f"{path}: no run here (no config.json)")
-    kind, data = found
-    if kind != KIND:
-        raise RunError(f"{path}: holds a {kind} run, not a diffusion run; use another --run")
     cfg = TrainDiffusionConfig.from_json(data, str(path / "config.json"))
     return dataclasses.replace(cfg, out=path)
+
+
+def episodes_path(path: Path) -> Path:
+    """The episode store the run trains on: its ``--data``, else ``RUN/data``."""
+    cfg = run_config(path)
+    return Path(cfg.data) if cfg.data is not None else path / "data"
 
 
 def load_diffusion_world_model(path: Path, device: str = "cpu") -> DiffusionWorldModel:

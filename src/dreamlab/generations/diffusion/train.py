@@ -41,7 +41,7 @@ from dreamlab.models.diffusion import DiffusionModel, diffusion_preset, paramete
 from dreamlab.rundir import (
     RunError,
     check_same_settings,
-    read_run_config,
+    read_run_config_of,
     store_action_space,
     timed,
     write_run_config,
@@ -140,8 +140,8 @@ _FREE = ("progress", "num_threads", "device", "out")
 
 def _record_config(out: Path, cfg: TrainDiffusionConfig) -> None:
     """Write ``OUT/config.json`` for a new run; for an existing one check it holds ``cfg``."""
-    found = read_run_config(out)
-    if found is None:
+    saved = read_run_config_of(out, KIND, "diffusion")
+    if saved is None:
         # a bad --data or env is one clear error before anything is written
         if cfg.data is not None:
             EpisodeStore.open(cfg.data)
@@ -152,9 +152,6 @@ def _record_config(out: Path, cfg: TrainDiffusionConfig) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, KIND, asdict(cfg))
         return
-    kind, saved = found
-    if kind != KIND:
-        raise RunError(f"{out}: holds a {kind} run, not a diffusion run; use another --run")
     check_same_settings(out, saved, asdict(cfg), free=_FREE, flag="--run")
 
 

@@ -41,7 +41,7 @@ from dreamlab.generations.rssm.config import KIND, DreamerConfig, DreamerResult
 from dreamlab.generations.rssm.trainer import DreamerTrainer
 from dreamlab.io import append_jsonl, atomic_write_json, read_json, truncate_jsonl
 from dreamlab.progress import tqdm
-from dreamlab.rundir import RunError, check_same_settings, read_run_config, write_run_config
+from dreamlab.rundir import check_same_settings, read_run_config_of, write_run_config
 
 __all__ = ["train_dreamer"]
 
@@ -55,14 +55,11 @@ def _record_config(out: Path, cfg: DreamerConfig) -> None:
     Raises:
         RunError: ``out`` holds a run of another generation, or one with other settings.
     """
-    found = read_run_config(out)
-    if found is None:
+    saved = read_run_config_of(out, KIND, "Dreamer")
+    if saved is None:
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, KIND, cfg.to_json())
         return
-    kind, saved = found
-    if kind != KIND:
-        raise RunError(f"{out}: holds a {kind} run, not a Dreamer run; use another directory")
     check_same_settings(out, saved, cfg.to_json(), free=_FREE_KEYS)
 
 

@@ -17,7 +17,7 @@ from dreamlab.generations.rssm.trainer import TRAINER_FILE
 from dreamlab.generations.rssm.worldmodel import rssm_start_states
 from dreamlab.io import atomic_write_text, read_json
 from dreamlab.models.rssm import rssm_preset
-from dreamlab.rundir import RunError, read_run_config, store_action_space
+from dreamlab.rundir import RunError, read_run_config_of, store_action_space
 
 __all__ = ["dream_rssm", "dream_vs_reality", "run_config", "write_dreamer_report"]
 
@@ -28,12 +28,9 @@ def run_config(path: Path) -> DreamerConfig:
     Raises:
         RunError: no run at ``path``, or a run of another generation.
     """
-    found = read_run_config(path)
-    if found is None:
+    data = read_run_config_of(path, KIND, "Dreamer")
+    if data is None:
         raise RunError(f"{path}: no run here (no config.json)")
-    kind, data = found
-    if kind != KIND:
-        raise RunError(f"{path}: holds a {kind} run, not a Dreamer run; use another --run")
     return DreamerConfig.from_json(data, str(path / "config.json"))
 
 

@@ -48,6 +48,13 @@ def _load_world_model(run: Path, device: str) -> Any:
     return load_token_run(run, device)[1]
 
 
+def _episodes(run: Path) -> Path:
+    """The store a token run records (``RUN/data.json``: its ``--data``), else ``RUN/data``."""
+    from dreamlab.generations.tokens.run import run_store
+
+    return run_store(run) or Path(run) / "data"
+
+
 def _load_agent(run: Path, device: str) -> Any:
     from dreamlab.generations.tokens.run import load_token_run
     from dreamlab.rundir import RunError
@@ -70,6 +77,7 @@ GENERATION = Generation(
     pipeline=_pipeline,
     load_world_model=_load_world_model,
     load_agent=one_trained_agent(KIND, _load_agent),
+    episodes=_episodes,
     evaluate=lazy("dreamlab.generations.tokens.evaluate:evaluate_tokens"),
     dream=lazy("dreamlab.generations.tokens.dream:dream_tokens"),
     report=lazy("dreamlab.generations.tokens.evaluate:write_report"),

@@ -25,7 +25,7 @@ from dreamlab.models.vq import VQTokenizer
 from dreamlab.rundir import (
     RunError,
     check_same_settings,
-    read_run_config,
+    read_run_config_of,
     write_run_config,
 )
 from dreamlab.worldmodel import ActionSpec
@@ -68,15 +68,9 @@ def read_token_config(path: str | Path) -> TokenRunConfig | None:
     Raises:
         RunError: ``path`` holds a run of another generation.
     """
-    found = read_run_config(path)
-    if found is None:
+    config = read_run_config_of(path, KIND, "token")
+    if config is None:
         return None
-    kind, config = found
-    if kind != KIND:
-        raise RunError(
-            f"{path}: holds a {kind} run, not a token run (dreamlab train-tokens); use another "
-            "directory"
-        )
     return config_from_dict(TokenRunConfig, config, str(Path(path) / "config.json"))
 
 

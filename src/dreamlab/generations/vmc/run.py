@@ -40,6 +40,7 @@ from dreamlab.rundir import (
     CONFIG_FILE,
     RunError,
     read_run_config,
+    read_run_config_of,
     run_action_space,
     write_run_config,
 )
@@ -69,14 +70,8 @@ class Run:
             RunError: another generation's run, another preset's, or no run and no preset.
         """
         root = Path(path)
-        found = read_run_config(root)
-        if found is not None:
-            kind, data = found
-            if kind != KIND:
-                raise RunError(
-                    f"{root} holds a {kind} run, not a V/M/C one; use its own commands or "
-                    "another --run directory"
-                )
+        data = read_run_config_of(root, KIND, "V/M/C")
+        if data is not None:
             config = RunConfig.from_json(data, str(root / CONFIG_FILE))
             if preset is not None and preset != config.preset:
                 raise RunError(
