@@ -238,20 +238,25 @@ def test_train_bc_and_evaluate_from_the_cli(debug_run: Path, one_thread: None) -
     assert main(["train-bc", "--run", str(debug_run), "--demos", "nowhere/at/all"]) == 2
 
 
-def test_compare_writes_results_and_resumes(
-    debug_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
-) -> None:
-    args = CompareArgs(
-        run=tmp_path / "cmp",
-        preset="catch-debug",
-        wm_run=debug_run,
+def _small_compare(run: Path, wm_run: Path, **changes: str) -> CompareArgs:
+    """A comparison of 2 episodes per cell, one strength per shift, BC trained 2 steps."""
+    return CompareArgs(
+        run=run,
+        wm_run=wm_run,
         episodes=2,
         actions_k=(10,),
         start_strengths=(1.0,),
         harder_strengths=(1.0,),
         bc_steps=2,
         progress=False,
+        **changes,
     )
+
+
+def test_compare_writes_results_and_resumes(
+    debug_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    args = _small_compare(tmp_path / "cmp", debug_run, preset="catch-debug")
     data = run_compare(args)
     assert len(data["results"]) == 4 * 5  # (none + 3 shifts) x 5 agents
     assert data["frames"]["bc_env_steps"] >= data["frames"]["world_model_env_steps"]
@@ -279,16 +284,7 @@ def test_compare_takes_a_world_model_run_of_any_generation(
     wm = tmp_path / "dreamer"
     argv = ["pipeline", "--run", str(wm), "--preset", "catch-dreamer-debug", "--no-progress"]
     assert main(argv) == 0
-    args = CompareArgs(
-        run=tmp_path / "cmp",
-        wm_run=wm,
-        episodes=2,
-        actions_k=(10,),
-        start_strengths=(1.0,),
-        harder_strengths=(1.0,),
-        bc_steps=2,
-        progress=False,
-    )
+    args = _small_compare(tmp_path / "cmp", wm)
     with pytest.raises(RunError, match="bc_latent reads V\\+M"):
         run_compare(dataclasses.replace(args, agents=("controller", "bc_latent")))
     data = run_compare(args)  # the default agents: bc_latent (V+M's [z, h]) is left out

@@ -50,7 +50,6 @@ __all__ = [
     "alignment_check",
     "death_metrics",
     "boundary_check",
-    "dream_lengths",
     "heldout_latents",
     "plot_survival",
     "stage_checks",
@@ -271,24 +270,6 @@ def boundary_check(run: Run, batches: int = 50) -> dict[str, Any]:
     }
 
 
-def dream_lengths(
-    world_model: VMWorldModel,
-    starts: dict[str, torch.Tensor],
-    policy: Any,
-    action_space: Any,
-    episodes: int,
-    temperature: float,
-    max_steps: int,
-    seed: int = 0,
-) -> np.ndarray:
-    """Steps survived by ``policy`` (a controller over features, or a random policy with
-    ``predict``) in ``episodes`` dreams, one batch in lockstep: ``(episodes,)`` int."""
-    lengths, _ = dream_episodes(
-        world_model, starts, policy, action_space, episodes, temperature, max_steps, seed
-    )
-    return lengths
-
-
 def survival_curve(lengths: np.ndarray, horizon: int) -> np.ndarray:
     """Fraction of episodes still running after each step ``0..horizon``: ``(horizon + 1,)``."""
     lengths = np.asarray(lengths)
@@ -334,9 +315,11 @@ def stage_checks(run: Run, progress: bool = True) -> dict[str, Any] | None:
         starts = dream_start_bank(run, wm)
         space, horizon, rounds = run.action_space(), cfg.evolve.max_episode_steps, 200
         # float32 dreams (C trained in bfloat16 ones only where they measured faster)
-        c_dream = dream_lengths(wm, starts, run.controller(), space, rounds, tau, horizon, cfg.seed)
+        c_dream, _ = dream_episodes(
+            wm, starts, run.controller(), space, rounds, tau, horizon, cfg.seed
+        )
         rnd = make_policy("random", space, seed=cfg.seed)
-        r_dream = dream_lengths(wm, starts, rnd, space, rounds, tau, horizon, cfg.seed)
+        r_dream, _ = dream_episodes(wm, starts, rnd, space, rounds, tau, horizon, cfg.seed)
         evals = read_json(run / "eval.json", "eval").get("agents", {})
         curves: dict[str, dict[str, np.ndarray]] = {
             "C": {"dream": c_dream},
