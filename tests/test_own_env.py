@@ -212,12 +212,8 @@ def test_data_of_another_env_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_generic_config_is_sized_from_the_env_and_its_episodes(tmp_path: Path) -> None:
     from dreamlab.data.store import EpisodeStore
-    from dreamlab.generations.vmc.generic import (
-        DREAM_STEP_BUDGET,
-        failure_share,
-        foreground_share,
-        generic_config,
-    )
+    from dreamlab.generations.own import failure_share, foreground_share
+    from dreamlab.generations.vmc.generic import DREAM_STEP_BUDGET, generic_config
 
     for env_class, steps in (("Reach", 20), ("ReachBox", 50)):
         out = tmp_path / env_class
@@ -246,7 +242,8 @@ def test_generic_config_is_sized_from_the_env_and_its_episodes(tmp_path: Path) -
 
 def test_an_env_that_ends_on_failure_gets_the_doom_lessons(tmp_path: Path) -> None:
     from dreamlab.data.store import EpisodeStore
-    from dreamlab.generations.vmc.generic import failure_share, generic_config
+    from dreamlab.generations.own import failure_share
+    from dreamlab.generations.vmc.generic import generic_config
 
     env = f"{MODULE}:Dodge"
     collect(CollectConfig(env=env, out=tmp_path / "d", episodes=8, workers=1, progress=False))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dreamlab.commands import run_pipeline as _run_pipeline
 from dreamlab.generations import for_run
@@ -31,6 +31,8 @@ def run_pipeline(
     env: str | None = None,
     env_kwargs: dict[str, Any] | None = None,
     data: str | os.PathLike[str] | None = None,
+    generation: Literal["vmc", "rssm", "diffusion", "tokens"] | None = None,
+    scale: float | None = None,
     seed: int | None = None,
     until: str | None = None,
     iterations: int | None = None,
@@ -38,8 +40,9 @@ def run_pipeline(
 ) -> Path:
     """Run or resume every stage of the run at ``run`` and return its directory, for every
     generation: a new run from ``preset`` (its generation's; ``catch`` when nothing is given),
-    or a run sized from ``env`` (a Gymnasium id or ``pkg.module:Class``, whose module this call
-    trusts) or from the episode store ``data``; an existing run resumes with its own settings.
+    or a run of ``generation`` (V/M/C by default) sized from ``env`` (a Gymnasium id or
+    ``pkg.module:Class``, whose module this call trusts) or from the episode store ``data``,
+    every training budget times ``scale``; an existing run resumes with its own settings.
 
     Raises:
         RunError: what ``dreamlab pipeline`` refuses, as one sentence (docs/pipeline.md).
@@ -50,6 +53,8 @@ def run_pipeline(
         env=env,
         env_kwargs=None if env_kwargs is None else json.dumps(env_kwargs),
         data=None if data is None else Path(data),
+        generation=generation,
+        scale=scale,
         seed=seed,
         until=until,
         iterations=iterations,

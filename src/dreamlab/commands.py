@@ -26,21 +26,37 @@ DEFAULT_PRESET = "catch"
 
 def run_pipeline(cfg: PipelineConfig) -> Any:
     """Run or resume every stage of the run at ``cfg.run`` (a new run: of ``cfg.preset``'s
-    generation, ``catch`` by default; with ``--env`` or ``--data``, a V/M/C run sized from that
-    env and its episodes). Returns what the generation's pipeline returns."""
+    generation, ``catch`` by default; with ``--env`` or ``--data``, a run of ``--generation``
+    (V/M/C by default) sized from that env and its episodes, :mod:`dreamlab.generations.own`).
+    Returns what the generation's pipeline returns."""
     path = Path(cfg.run)
     preset = cfg.preset
-    own = cfg.env is not None or cfg.data is not None or cfg.env_kwargs is not None
-    if own and preset is not None:
+    if cfg.own and preset is not None:
         raise RunError("give --preset or --env/--data, not both (--env sizes a run from the env)")
     if cfg.env is not None:
         trust_env_code(cfg.env)  # given by the caller: its module may be imported
     with run_lock(path):
         kind = run_kind(path)
-        if own:
-            if kind not in (None, "vmc"):
-                raise RunError(f"{path} holds a {kind} run; --env/--data start V/M/C runs")
-            return get("vmc").pipeline(path, None, cfg)
+        if cfg.generation is not None and kind is not None and cfg.generation != kind:
+            raise RunError(
+                f"{path} holds a {kind} run, not {cfg.generation}; resume it without "
+                "--generation, or use another --run directory"
+            )
+        if cfg.scale is not None and (kind is not None or not cfg.own):
+            raise RunError(
+                "--scale sizes the budgets of a new run from --env/--data; an existing run or a "
+                "preset keeps its own"
+            )
+        if cfg.own:
+            return get(kind or cfg.generation or "vmc").pipeline(path, None, cfg)
+        if kind is None and cfg.generation is not None:
+            if preset is None:
+                raise RunError(
+                    f"--generation {cfg.generation} starts a run sized from --env or --data; "
+                    "give one of them, or a preset"
+                )
+            if preset_names().get(preset, cfg.generation) != cfg.generation:
+                raise RunError(f"preset {preset!r} is not a {cfg.generation} preset")
         if preset is None and kind is None:
             preset = DEFAULT_PRESET
         generation = for_run(path, preset)

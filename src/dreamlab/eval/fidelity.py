@@ -37,6 +37,7 @@ from dreamlab.models import frames_to_tensor
 from dreamlab.worldmodel import WorldModel
 
 __all__ = [
+    "fitting_horizons",
     "FidelityConfig",
     "FidelityResult",
     "OpenLoop",
@@ -114,6 +115,16 @@ class OpenLoop:
     """``(B, H, h, w, 3)`` uint8 real frames after the same actions"""
     last_observed: np.ndarray
     """``(B, h, w, 3)`` uint8 last real frame the model saw (the baseline's prediction)"""
+
+
+def fitting_horizons(
+    episodes: list[Episode], context: int, horizons: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The ``horizons`` that at least one of ``episodes`` is long enough to measure after
+    ``context`` real frames (an env whose episodes end early, say on failure, may allow only the
+    short ones, or none)."""
+    longest = max((len(ep["action"]) for ep in episodes), default=0)
+    return tuple(h for h in horizons if context + h - 1 <= longest)
 
 
 def open_loop(

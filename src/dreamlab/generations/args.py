@@ -47,13 +47,19 @@ class PipelineConfig:
     """preset of a new run (its generation follows from it; `--help` lists every preset of the
     registry); default for a new run: catch. An existing run resumes with its own"""
     env: str | None = None
-    """your own environment for a new V/M/C run sized from it (the `generic` preset,
-    docs/envs.md): `pkg.module:Class`, a registered Gymnasium id, or an env preset name"""
+    """your own environment for a new run sized from it (the `generic` preset, docs/envs.md):
+    `pkg.module:Class`, a registered Gymnasium id, or an env preset name"""
     env_kwargs: str | None = None
     """keyword arguments of --env's constructor as JSON, e.g. '{"size": 32}'"""
     data: Path | None = None
     """an episode store of frames (`collect`, `import`, `import-minari`) to start a new generic
-    V/M/C run from, instead of collecting"""
+    run from, instead of collecting"""
+    generation: Literal["vmc", "rssm", "diffusion", "tokens"] | None = None
+    """the generation of a new run sized from --env/--data (default: vmc); an existing run
+    keeps its own, and a preset names its own"""
+    scale: float | None = None
+    """multiply every training budget of a new run sized from --env/--data (default 1; e.g.
+    0.1 for a quick look)"""
     until: str | None = None
     """stop after this stage (default: run them all; the stages are the generation's, e.g.
     V/M/C: collect, vae, encode, mdnrnn, controller, iterate, controller_vonly, evaluate, dream,
@@ -70,6 +76,18 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.seed is not None and self.seed < 0:
             raise SettingError(f"--seed: expected an integer >= 0, got {self.seed}")
+        if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
+            raise SettingError(f"--scale: expected a number > 0, got {self.scale}")
+
+    @property
+    def own(self) -> bool:
+        """Whether the run is sized from the user's ``--env``/``--data`` (not a preset)."""
+        return self.env is not None or self.data is not None or self.env_kwargs is not None
+
+    @property
+    def budget_scale(self) -> float:
+        """``--scale``, 1 when not given."""
+        return 1.0 if self.scale is None else self.scale
 
 
 @dataclass

@@ -25,10 +25,13 @@ from dreamlab.generations.diffusion.run import (
 from dreamlab.generations.diffusion.train import (
     PRESETS,
     TrainDiffusionConfig,
+    check_actions,
+    own_config,
     run_env,
     run_store,
     train_diffusion,
 )
+from dreamlab.generations.own import check_same_env, new_own_store, parse_env_kwargs, store_facts
 from dreamlab.rundir import RunError, read_run_config, timed
 
 __all__ = [
@@ -39,6 +42,35 @@ __all__ = [
     "run_diffusion_pipeline",
     "train_diffusion_cmd",
 ]
+
+
+def _open_own(path: Path, options: PipelineConfig, fresh: bool) -> TrainDiffusionConfig:
+    """A run sized from ``--env``/``--data`` (:func:`~dreamlab.generations.diffusion.train.own_config`);
+    an existing one must have been made from the same env."""
+    kwargs = parse_env_kwargs(options.env_kwargs)
+    if not fresh:
+        cfg = run_config(path)
+        check_same_env(path, (cfg.env, cfg.env_kwargs), options.env, kwargs)
+        return cfg
+    seed = 0 if options.seed is None else options.seed
+    store, env, env_kwargs = new_own_store(
+        path,
+        options.env,
+        kwargs,
+        options.data,
+        seed,
+        options.progress,
+        options.budget_scale,
+        check_actions,
+    )
+    facts = store_facts(store)
+    cfg = own_config(facts, env, env_kwargs, seed, options.budget_scale)
+    print(
+        f"[dreamlab] {path}: diffusion run of {env} sized from {facts.line()}: "
+        f"{cfg.steps} world-model steps, dreams of up to {cfg.agent.max_episode_steps} steps",
+        flush=True,
+    )
+    return cfg
 
 
 def run_diffusion_pipeline(run: str | Path, preset: str | None, options: PipelineConfig) -> Path:
@@ -55,7 +87,9 @@ def run_diffusion_pipeline(run: str | Path, preset: str | None, options: Pipelin
         if getattr(options, name) is not None:
             raise RunError(f"--{name} does not apply to a diffusion run; its stages run in turn")
     fresh = read_run_config(path) is None
-    if fresh:
+    if options.own:
+        cfg = _open_own(path, options, fresh)
+    elif fresh:
         if preset is None or preset not in PRESETS:
             raise RunError(f"{path}: no config.json; start it with --preset {' or '.join(PRESETS)}")
         cfg = PRESETS[preset]()

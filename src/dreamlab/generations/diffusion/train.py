@@ -32,10 +32,12 @@ import tyro
 
 from dreamlab.checkpoint import CheckpointError, config_from_dict, load_model
 from dreamlab.data.store import EpisodeStore
+from dreamlab.eval.fidelity import fitting_horizons
 from dreamlab.generations.diffusion.agent import DiffusionAgent, DreamQConfig, train_in_dream
 from dreamlab.generations.diffusion.data import EpisodeArrays, StoreSubset, diffusion_batches
 from dreamlab.generations.diffusion.fidelity import open_loop_fidelity
 from dreamlab.generations.diffusion.worldmodel import DiffusionWorldModel, diffusion_start_states
+from dreamlab.generations.own import StoreFacts, scaled
 from dreamlab.io import atomic_write_json, read_json
 from dreamlab.models.diffusion import DiffusionModel, diffusion_preset, parameter_counts
 from dreamlab.rundir import (
@@ -53,7 +55,9 @@ __all__ = [
     "KIND",
     "PRESETS",
     "TrainDiffusionConfig",
+    "check_actions",
     "fit_world_model",
+    "own_config",
     "run_env",
     "run_store",
     "train_agent",
@@ -79,7 +83,8 @@ class TrainDiffusionConfig:
     )
     """env constructor keywords (with --data: read from the store)"""
     collect_episodes: int = 300
-    """episodes to collect when --data is absent"""
+    """episodes to collect when --data is absent (0: ``RUN/data`` already holds the run's
+    episodes, collected or linked by a run sized from ``pipeline --env/--data``)"""
     collect_policy: str = "random"
     """policy of that collection: random, brownian, expert"""
     preset: Literal["tiny", "diamond"] = "tiny"
@@ -124,6 +129,50 @@ def _debug() -> TrainDiffusionConfig:
             rounds=1, num_dreams=4, dream_steps=2, updates_per_round=2, batch_size=4
         ),
         eval_episodes=2,
+    )
+
+
+def check_actions(spec: ActionSpec) -> None:
+    """Refuse actions that are not ``Discrete``: the agent learns by Q-learning.
+
+    Raises:
+        RunError: naming the actions and the generations that take them.
+    """
+    if spec.kind != "discrete":
+        raise RunError(
+            f"the diffusion generation's agent learns by Q-learning, which needs Discrete "
+            f"actions; these are {spec.kind}({spec.n}): use --generation vmc, rssm or tokens"
+        )
+
+
+def own_config(
+    facts: StoreFacts, env: str, env_kwargs: dict[str, Any], seed: int, scale: float = 1.0
+) -> TrainDiffusionConfig:
+    """A diffusion run sized from a store's :class:`~dreamlab.generations.own.StoreFacts` (the
+    episodes already in ``RUN/data``): the model's frame size from the frames, a tenth of the
+    episodes (1..16) held out for the fidelity measurement, dreams as long as a real episode may
+    last; every budget times ``scale``.
+
+    Raises:
+        RunError: actions that are not ``Discrete`` (the agent learns by Q-learning).
+    """
+    check_actions(facts.spec)
+    rounds = scaled(16, scale, least=1)
+    return TrainDiffusionConfig(
+        env=env,
+        env_kwargs=dict(env_kwargs),
+        collect_episodes=0,
+        steps=scaled(3000, scale),
+        holdout_episodes=min(16, max(1, facts.episodes // 10)),
+        agent=DreamQConfig(
+            rounds=rounds,
+            num_dreams=scaled(256, scale, least=16),
+            eps_decay_rounds=max(1, rounds // 2),
+            updates_per_round=scaled(800, scale),
+            max_episode_steps=facts.dream_steps,
+        ),
+        eval_episodes=scaled(50, scale, least=4),
+        seed=seed,
     )
 
 
@@ -248,7 +297,7 @@ def train_diffusion(cfg: TrainDiffusionConfig) -> dict[str, Any]:
     _record_config(out, cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    if cfg.data is None:
+    if cfg.data is None and cfg.collect_episodes > 0:
         timed(out, "collect", lambda: _collect(cfg, out))
     store = run_store(cfg, out)
     env_name, env_kwargs = run_env(cfg, store)
@@ -297,7 +346,15 @@ def train_diffusion(cfg: TrainDiffusionConfig) -> dict[str, Any]:
     else:
 
         def measure() -> dict[str, Any]:
-            result = open_loop_fidelity(wm, held, context=mcfg.context, seed=cfg.seed)
+            # the horizons the held-out episodes are long enough for (an env whose episodes end
+            # early, say on failure, may have none: then the table is empty)
+            horizons = fitting_horizons(held, mcfg.context, (1, 5, 10, 20))
+            if horizons:
+                result = open_loop_fidelity(
+                    wm, held, context=mcfg.context, horizons=horizons, seed=cfg.seed
+                )
+            else:
+                result = {"horizons": [], "episodes": 0, "context": mcfg.context}
             atomic_write_json(fid_path, result)
             long = [ep for ep in held if len(ep["action"]) >= mcfg.context + 19]
             if long:

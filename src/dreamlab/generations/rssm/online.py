@@ -11,6 +11,9 @@ over the ``num_envs`` parallel envs) one update runs (:meth:`DreamerTrainer.upda
 So the *replay ratio* (replayed steps per env step) is ``batch_size * seq_len / train_every``.
 The first ``prefill_steps`` env steps use uniformly random actions and no updates.
 
+Offline (``offline_updates > 0``, a run sized from ``--env``/``--data``): the same updates run on
+the episodes already in ``data/``, and no env is made until the final evaluation.
+
 ``out_dir`` holds everything::
 
     config.json          {"kind": "rssm", "config": the DreamerConfig}
@@ -41,15 +44,15 @@ from dreamlab.generations.rssm.config import KIND, DreamerConfig, DreamerResult
 from dreamlab.generations.rssm.trainer import DreamerTrainer
 from dreamlab.io import append_jsonl, atomic_write_json, read_json, truncate_jsonl
 from dreamlab.progress import tqdm
-from dreamlab.rundir import check_same_settings, read_run_config_of, write_run_config
+from dreamlab.rundir import RunError, check_same_settings, read_run_config_of, write_run_config
 
-__all__ = ["train_dreamer"]
+__all__ = ["record_config", "train_dreamer"]
 
 _FREE_KEYS = ("progress", "tensorboard", "num_threads")
 """settings a resumed run may change (they do not change what is learned)"""
 
 
-def _record_config(out: Path, cfg: DreamerConfig) -> None:
+def record_config(out: Path, cfg: DreamerConfig) -> None:
     """Write ``OUT/config.json`` for a new run; for an existing one check it holds ``cfg``.
 
     Raises:
@@ -102,11 +105,14 @@ class _OnlineLoop:
         self.random = make_policy("random", tr.action_space, seed=self.seed)
         self.agent = tr.agent()
         self.t0, self.seconds0 = time.perf_counter(), tr.seconds
+        total, done = cfg.total_env_steps, tr.env_steps
+        if cfg.offline_updates:
+            total, done = cfg.offline_updates, tr.updates
         self.bar = tqdm(
-            total=cfg.total_env_steps,
-            initial=min(tr.env_steps, cfg.total_env_steps),
-            desc="dreamer",
-            unit="step",
+            total=total,
+            initial=min(done, total),
+            desc="dreamer" + (" offline" if cfg.offline_updates else ""),
+            unit="update" if cfg.offline_updates else "step",
             disable=not cfg.progress,
             dynamic_ncols=True,
             file=sys.stderr,
@@ -115,7 +121,11 @@ class _OnlineLoop:
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(tr.out / "tb"), purge_step=tr.env_steps or None)
+            self.writer = SummaryWriter(str(tr.out / "tb"), purge_step=self.x() or None)
+
+    def x(self) -> int:
+        """The curves' x axis: env steps online, updates offline."""
+        return self.tr.updates if self.cfg.offline_updates else self.tr.env_steps
 
     # ------------------------------------------------------------ play_episodes callbacks
     def predict(
@@ -179,6 +189,19 @@ class _OnlineLoop:
             for env in envs:
                 env.close()
 
+    def learn_offline(self) -> None:
+        """Updates on the stored episodes until ``offline_updates``, checkpointed every
+        ``checkpoint_every`` updates and at the end; no env is made."""
+        tr, cfg = self.tr, self.cfg
+        if not len(tr.replay):
+            raise RunError(f"{tr.out / 'data'}: no episodes to learn from offline")
+        while tr.updates < cfg.offline_updates:
+            self._learn()
+            self.bar.update(1)
+            if tr.updates % cfg.checkpoint_every == 0 or tr.updates == cfg.offline_updates:
+                self._clock()
+                tr.save()
+
     def _clock(self) -> None:
         self.tr.seconds = self.seconds0 + time.perf_counter() - self.t0
 
@@ -227,7 +250,7 @@ class _OnlineLoop:
             keys = [k for k in ("mean_return", "catch_rate") if k in values]
             values = {evaluation + k: values[k] for k in keys}
         for k, v in values.items():
-            self.writer.add_scalar(k, v, self.tr.env_steps)
+            self.writer.add_scalar(k, v, self.x())
 
     def close(self) -> None:
         """Close the progress bar and the TensorBoard writer."""
@@ -246,7 +269,8 @@ def _restore_metrics(tr: DreamerTrainer, resumed: bool) -> None:
 
 
 def train_dreamer(cfg: DreamerConfig, out_dir: str | Path) -> DreamerResult:
-    """Run (or resume) the Dreamer loop in ``out_dir`` until ``cfg.total_env_steps``, then
+    """Run (or resume) the Dreamer loop in ``out_dir`` until ``cfg.total_env_steps`` (offline:
+    ``cfg.offline_updates`` updates on the episodes of ``out_dir/data``, no env step), then
     evaluate the actor over ``final_eval_episodes`` held-out real episodes.
 
     Raises:
@@ -255,14 +279,16 @@ def train_dreamer(cfg: DreamerConfig, out_dir: str | Path) -> DreamerResult:
         TrainingDivergedError: a loss or weight became NaN/inf (the last checkpoint is kept).
     """
     out = Path(out_dir)
-    _record_config(out, cfg)
+    record_config(out, cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     tr = DreamerTrainer(cfg, out)
     _restore_metrics(tr, tr.try_resume())
     loop = _OnlineLoop(tr)
     try:
-        if tr.env_steps < cfg.total_env_steps:
+        if cfg.offline_updates:
+            loop.learn_offline()
+        elif tr.env_steps < cfg.total_env_steps:
             loop.play()
         final_path = out / "eval.json"
         final = read_json(final_path, "eval").get("final") if final_path.exists() else None

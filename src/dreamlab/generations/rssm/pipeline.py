@@ -16,9 +16,10 @@ from typing import Any
 
 from dreamlab.checkpoint import has_model
 from dreamlab.generations.args import EvaluateArgs, PipelineConfig
+from dreamlab.generations.own import check_same_env, new_own_store, parse_env_kwargs, store_facts
 from dreamlab.generations.rssm.agent import DreamerAgent
-from dreamlab.generations.rssm.config import DreamerConfig, get_dreamer_preset
-from dreamlab.generations.rssm.online import train_dreamer
+from dreamlab.generations.rssm.config import DreamerConfig, get_dreamer_preset, own_config
+from dreamlab.generations.rssm.online import record_config, train_dreamer
 from dreamlab.generations.rssm.report import run_config, write_dreamer_report
 from dreamlab.rundir import RunError, run_kind, timed
 
@@ -51,6 +52,29 @@ def open_run(path: Path, preset: str | None) -> DreamerConfig:
     return cfg
 
 
+def _open_own(path: Path, options: PipelineConfig, fresh: bool) -> DreamerConfig:
+    """A run sized from ``--env``/``--data`` (:func:`~dreamlab.generations.rssm.config.own_config`),
+    its config recorded now; an existing one must have been made from the same env."""
+    kwargs = parse_env_kwargs(options.env_kwargs)
+    if not fresh:
+        cfg = run_config(path)
+        check_same_env(path, (cfg.env, cfg.env_kwargs), options.env, kwargs)
+        return cfg
+    seed = 0 if options.seed is None else options.seed
+    store, env, env_kwargs = new_own_store(
+        path, options.env, kwargs, options.data, seed, options.progress, options.budget_scale
+    )
+    facts = store_facts(store)
+    cfg = own_config(facts, env, env_kwargs, seed, options.budget_scale)
+    record_config(path, cfg)
+    print(
+        f"[dreamlab] {path}: generic Dreamer run of {env} sized from {facts.line()}: windows of "
+        f"{cfg.seq_len} steps, {cfg.offline_updates} offline updates",
+        flush=True,
+    )
+    return cfg
+
+
 def _train_and_report(path: Path, cfg: DreamerConfig) -> Path:
     """Both stages, each timed into ``timings.json``; returns the report's path."""
     timed(path, "online", lambda: train_dreamer(cfg, path))
@@ -73,7 +97,7 @@ def run_dreamer_pipeline(run: str | Path, preset: str | None, options: PipelineC
                 f"--{name} does not apply to a Dreamer run (one online loop, then the report)"
             )
     fresh = run_kind(path) is None
-    cfg = open_run(path, preset)
+    cfg = _open_own(path, options, fresh) if options.own else open_run(path, preset)
     if options.seed is not None and options.seed != cfg.seed:
         if not fresh:
             raise RunError(

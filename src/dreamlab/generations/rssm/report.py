@@ -34,6 +34,20 @@ def run_config(path: Path) -> DreamerConfig:
     return DreamerConfig.from_json(data, str(path / "config.json"))
 
 
+def _budget_line(path: Path, cfg: DreamerConfig, state: dict[str, Any]) -> str:
+    wall = f"wall time {state['seconds']:.0f} s"
+    if cfg.offline_updates:
+        store = EpisodeStore.open(path / "data")
+        return (
+            f"- offline: {state['updates']} updates on the {len(store)} episodes of `data/` "
+            f"({store.num_steps} steps); no env step but the final evaluation's; {wall}"
+        )
+    return (
+        f"- env steps: {state['env_steps']}; updates: {state['updates']} "
+        f"(replay ratio {cfg.replay_ratio:g}); {wall}"
+    )
+
+
 def write_dreamer_report(path: Path) -> Path:
     """``report.md``: the final evaluation, the learning curve of evaluations, the cost, and
     dream vs reality on the run's last episodes."""
@@ -49,8 +63,7 @@ def write_dreamer_report(path: Path) -> Path:
         "",
         f"- env: `{cfg.env}` {cfg.env_kwargs or ''}; RSSM size `{cfg.model_size}` "
         f"(deter {rssm.deter}, {rssm.stoch}x{rssm.classes} latents)",
-        f"- env steps: {state['env_steps']}; updates: {state['updates']} "
-        f"(replay ratio {cfg.replay_ratio:g}); wall time {state['seconds']:.0f} s",
+        _budget_line(path, cfg, state),
         f"- final real-env evaluation over {final.get('episodes', 0)} episodes: mean return "
         f"{final.get('mean_return', float('nan')):.2f}"
         + (f", catch rate {final['catch_rate']:.1%}" if "catch_rate" in final else ""),

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KIND", "PRESETS", "TokenRunConfig", "token_preset"]
+from dreamlab.generations.own import StoreFacts
+from dreamlab.models.vq import VQConfig, vq_preset
+from dreamlab.rundir import RunError
+
+__all__ = ["KIND", "PRESETS", "TokenRunConfig", "own_config", "token_preset", "tokenizer_config"]
 
 KIND = "tokens"
 """what ``RUN/config.json`` records for a token run"""
@@ -27,6 +32,9 @@ class TokenRunConfig:
     """keyword arguments of the env"""
     prompts: bool = True
     """learn scenario prompts (Catch only: words derived from the frames)"""
+    frame_size: int | None = None
+    """side of the frames (None: the preset's, 32 for tiny); the tokenizer keeps the preset's
+    token grid by one more stride-2 stage per doubling"""
     vq_steps: int = 500
     """tokenizer optimizer steps"""
     vq_batch: int = 64
@@ -90,3 +98,43 @@ def token_preset(name: str) -> TokenRunConfig:
             num_threads=0,
         )
     raise ValueError(f"unknown token preset {name!r}; known: {', '.join(PRESETS)}")
+
+
+def tokenizer_config(cfg: TokenRunConfig) -> VQConfig:
+    """The tokenizer of ``cfg``: its preset's, for frames of ``cfg.frame_size`` (one more
+    stride-2 stage per doubling of the preset's frame size, so the token grid stays the same).
+
+    Raises:
+        RunError: a frame size the grid does not divide.
+    """
+    vcfg = vq_preset(cfg.preset)
+    size = cfg.frame_size
+    if size is None or size == vcfg.frame_size:
+        return vcfg
+    downsample = max(1, vcfg.downsample + round(math.log2(size / vcfg.frame_size)))
+    if size % 2**downsample:
+        raise RunError(
+            f"frames of {size}x{size}: the {cfg.preset!r} tokenizer needs a side divisible by "
+            f"{2**downsample} (e.g. {vcfg.frame_size} or {vcfg.frame_size * 2}); resize the frames"
+        )
+    return dataclasses.replace(vcfg, frame_size=size, downsample=downsample)
+
+
+def own_config(
+    facts: StoreFacts, env: str, env_kwargs: dict[str, Any], seed: int, scale: float = 1.0
+) -> TokenRunConfig:
+    """A token run sized from a store's :class:`~dreamlab.generations.own.StoreFacts`: the
+    tokenizer for its frame size, no prompts (they are Catch's words), imagined rollouts of at
+    most 15 steps and no longer than a dream may last; every budget times ``scale``."""
+    cfg = dataclasses.replace(
+        TokenRunConfig(),
+        preset="tiny",
+        env=env,
+        env_kwargs=dict(env_kwargs),
+        prompts=False,
+        frame_size=facts.frame_size,
+        horizon=min(15, facts.dream_steps),
+        seed=seed,
+    )
+    tokenizer_config(cfg)  # a frame size it cannot read is one error before anything is written
+    return cfg.scaled(scale) if scale != 1.0 else cfg

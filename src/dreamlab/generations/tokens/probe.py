@@ -28,8 +28,11 @@ def open_loop_fidelity(
     The model observes ``context`` real frames (with the real actions between them), then
     imagines ``max(horizons)`` steps with the real actions; copy-last repeats the last real frame.
     """
-    from dreamlab.eval.fidelity import open_loop
+    from dreamlab.eval.fidelity import fitting_horizons, open_loop
 
+    horizons = fitting_horizons(episodes, context, horizons)
+    if not horizons:  # every held-out episode ends too early
+        return {"episodes": 0, "context": context, "model_mse": {}, "copy_last_mse": {}}
     h = max(horizons)
     eps = [e for e in episodes if len(e["action"]) >= context + h - 1]
     res = open_loop(world_model, eps, context, h, temperature=temperature, seed=seed)

@@ -29,8 +29,14 @@ import tyro
 from dreamlab.data.store import EpisodeStore
 from dreamlab.envs.scenarios import CATCH_WORDS
 from dreamlab.generations.args import PipelineConfig
+from dreamlab.generations.own import check_same_env, new_own_store, parse_env_kwargs, store_facts
 from dreamlab.generations.tokens.agent import TokenAgent, train_agent
-from dreamlab.generations.tokens.config import TokenRunConfig, token_preset
+from dreamlab.generations.tokens.config import (
+    TokenRunConfig,
+    own_config,
+    token_preset,
+    tokenizer_config,
+)
 from dreamlab.generations.tokens.data import open_store, tokenize_store, window_batches
 from dreamlab.generations.tokens.evaluate import evaluate_run, write_report
 from dreamlab.generations.tokens.run import (
@@ -43,7 +49,7 @@ from dreamlab.generations.tokens.run import (
 from dreamlab.generations.tokens.worldmodel import TokenWorldModel, token_start_bank
 from dreamlab.io import read_json
 from dreamlab.models.tokens import TokenTransformer, token_transformer_preset
-from dreamlab.models.vq import VQTokenizer, vq_preset
+from dreamlab.models.vq import VQTokenizer
 from dreamlab.rundir import RunError, store_action_space, timed
 from dreamlab.train.batches import frame_batches
 from dreamlab.train.fit import TrainConfig, fit
@@ -65,7 +71,7 @@ def _models(
     cfg: TokenRunConfig, spec: ActionSpec, prompts: bool
 ) -> tuple[VQTokenizer, TokenTransformer]:
     """Fresh tokenizer and transformer of the run's preset (seeded)."""
-    vcfg = vq_preset(cfg.preset)
+    vcfg = tokenizer_config(cfg)
     n_act = spec.n if spec.kind == "discrete" else cfg.action_bins
     tcfg = token_transformer_preset(cfg.preset, vcfg.tokens_per_frame, vcfg.codebook_size, n_act)
     if prompts:
@@ -166,6 +172,28 @@ def train_tokens(
     return run
 
 
+def _open_own(run: Path, options: PipelineConfig, saved: TokenRunConfig | None) -> TokenRunConfig:
+    """A run sized from ``--env``/``--data`` (:func:`~dreamlab.generations.tokens.config.own_config`);
+    an existing one must have been made from the same env."""
+    kwargs = parse_env_kwargs(options.env_kwargs)
+    if saved is not None:
+        check_same_env(run, (saved.env, saved.env_kwargs), options.env, kwargs)
+        return saved
+    seed = 0 if options.seed is None else options.seed
+    store, env, env_kwargs = new_own_store(
+        run, options.env, kwargs, options.data, seed, options.progress, options.budget_scale
+    )
+    facts = store_facts(store)
+    config = own_config(facts, env, env_kwargs, seed, options.budget_scale)
+    print(
+        f"[dreamlab] {run}: token run of {env} sized from {facts.line()}: "
+        f"{tokenizer_config(config).tokens_per_frame} tokens per frame, imagined rollouts of "
+        f"{config.horizon} steps",
+        flush=True,
+    )
+    return config
+
+
 def run_pipeline(run: Path, preset: str | None, cfg: PipelineConfig) -> Path:
     """``dreamlab pipeline`` for a token run: every stage of :func:`train_tokens` in ``run`` (a
     new run from ``preset``; an existing one resumes with its own settings and store), the
@@ -180,7 +208,10 @@ def run_pipeline(run: Path, preset: str | None, cfg: PipelineConfig) -> Path:
             "transformer, agent, evaluate) all run, each resuming from its checkpoint"
         )
     config = read_token_config(run)
-    if config is None:
+    data = run_store(run)
+    if cfg.own:
+        config, data = _open_own(run, cfg, config), run / "data"
+    elif config is None:
         if preset is None:
             raise RunError(f"{run}: no run here; start one with --preset catch-tokens")
         config = token_preset(preset)
@@ -188,7 +219,7 @@ def run_pipeline(run: Path, preset: str | None, cfg: PipelineConfig) -> Path:
         config = dataclasses.replace(config, seed=cfg.seed)
     file = run / "eval.json"
     evaluated = file.exists() and "fidelity" in read_json(file, "eval")
-    train_tokens(config, run, data=run_store(run), progress=cfg.progress, evaluate=not evaluated)
+    train_tokens(config, run, data=data, progress=cfg.progress, evaluate=not evaluated)
     write_report(run)
     return run
 

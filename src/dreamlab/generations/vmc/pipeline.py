@@ -9,12 +9,12 @@ simply runs each stage in order. The run directory's layout is :mod:`dreamlab.ge
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from dreamlab.generations.args import PipelineConfig
+from dreamlab.generations.own import check_same_env, new_own_store, parse_env_kwargs
 from dreamlab.generations.vmc.config import STAGES
 from dreamlab.generations.vmc.controller import stage_controller, vonly_evolve
 from dreamlab.generations.vmc.dream_checks import stage_checks
@@ -24,7 +24,7 @@ from dreamlab.generations.vmc.evaluate import (
     stage_dream,
     stage_evaluate,
 )
-from dreamlab.generations.vmc.generic import generic_config, prepare_data
+from dreamlab.generations.vmc.generic import generic_config
 from dreamlab.generations.vmc.iterate import stage_first_controller, stage_iterate
 from dreamlab.generations.vmc.report import write_report
 from dreamlab.generations.vmc.run import Run
@@ -41,7 +41,7 @@ def _open(cfg: PipelineConfig) -> Run:
     if cfg.iterations is not None and cfg.iterations < 0:
         raise RunError(f"--iterations must be >= 0, got {cfg.iterations}")
     fresh = read_run_config(cfg.run) is None
-    if cfg.env is not None or cfg.data is not None or cfg.env_kwargs is not None:
+    if cfg.own:
         run = _open_own_env(cfg, fresh)
     else:
         run = Run.open_or_create(cfg.run, cfg.preset)
@@ -65,40 +65,19 @@ def _open(cfg: PipelineConfig) -> Run:
     return run
 
 
-def _env_kwargs(text: str | None) -> dict[str, Any]:
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RunError(f"--env-kwargs: not JSON ({e.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise RunError(
-            f"--env-kwargs: expected a JSON object like '{{\"size\": 32}}', got {text!r}"
-        )
-    return value
-
-
 def _open_own_env(cfg: PipelineConfig, fresh: bool) -> Run:
     """A run sized from ``--env`` / ``--data`` (:mod:`~dreamlab.generations.vmc.generic`); an
     existing one must have been made from the same env."""
-    kwargs = _env_kwargs(cfg.env_kwargs)
+    kwargs = parse_env_kwargs(cfg.env_kwargs)
     if not fresh:
         run = Run.open(cfg.run)
-        made = (run.config.env, run.config.env_kwargs)
-        if (cfg.env is not None and cfg.env != made[0]) or (kwargs and kwargs != made[1]):
-            raise RunError(
-                f"{run.path} was made from env {made[0]!r} {made[1]}; resume it with "
-                "`dreamlab pipeline --run` alone, or use another --run directory"
-            )
+        check_same_env(run.path, (run.config.env, run.config.env_kwargs), cfg.env, kwargs)
         return run
-    from dreamlab.envs import make_env
-
-    if cfg.env is not None:  # a bad env is one clear error before anything is written
-        make_env(cfg.env, **kwargs).close()
     seed = 0 if cfg.seed is None else cfg.seed
-    store, env, env_kwargs = prepare_data(cfg.run, cfg.env, kwargs, cfg.data, seed, cfg.progress)
-    run = Run(cfg.run, generic_config(store, env, env_kwargs, seed))
+    store, env, env_kwargs = new_own_store(
+        cfg.run, cfg.env, kwargs, cfg.data, seed, cfg.progress, cfg.budget_scale
+    )
+    run = Run(cfg.run, generic_config(store, env, env_kwargs, seed, cfg.budget_scale))
     run.save_config()
     print(
         f"[dreamlab] {run.path}: generic V/M/C run of {env} sized from {len(store)} episodes: "
