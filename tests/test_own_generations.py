@@ -1,8 +1,8 @@
 """Every generation from a user's own env or data (docs/envs.md): ``dreamlab pipeline --generation
 rssm|diffusion|tokens --env module:Class --run R`` collects random episodes, sizes the run from
 them (recorded in config.json), trains the world model and its agent only on those episodes and
-in the dream, scores the agent in the real env, writes the report, and resumes without training
-again. What a generation cannot take is one sentence before anything is written."""
+in the dream, scores the agent in the real env, says whether its dream is kinder than reality,
+writes the report, and resumes without training again. What a generation cannot take is one sentence before anything is written."""
 
 from __future__ import annotations
 
@@ -55,7 +55,13 @@ def test_every_generation_runs_from_an_own_env_sized_from_it_and_resumes(
     if kind == "tokens":  # 64px frames, the tiny tokenizer's 4x4 grid; no Catch prompts
         assert config["frame_size"] == 64 and not config["prompts"]
     assert 0 <= _real_return(run, kind) <= 12
-    assert (run / "report.md").read_text().strip()
+    # is the dream kinder than reality? the trained agent and random play, dream beside real
+    kindness = json.loads((run / "kindness.json").read_text())
+    assert set(kindness["agents"]) == {"controller", "random"}
+    assert kindness["agents"]["controller"]["real"]["mean_return"] == _real_return(run, kind)
+    assert kindness["verdict"] in out and "Is the dream kinder than reality?" in (
+        run / "report.md"
+    ).read_text()
     # resumed: nothing is trained again; another generation for this run is refused
     before = _weights(run)
     assert cli.main(["pipeline", "--run", str(run), *own]) == 0, capsys.readouterr().err

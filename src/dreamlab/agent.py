@@ -136,6 +136,11 @@ class ActorAgent:
         state, _, _ = self.world_model.step(state, env_action, generator=self.generator)
         return state
 
+    def dream_policy(self, features: torch.Tensor) -> torch.Tensor:
+        """The same actor inside the dream: features ``(N, F)`` -> env actions (its mode)."""
+        with torch.no_grad():
+            return self.actor_critic.to_env(self.actor_critic.policy(features).mode())
+
     @torch.inference_mode()
     def predict(
         self,

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.checkpoint import has_model
+from dreamlab.eval.kindness import KINDNESS_FILE
 from dreamlab.generations.args import EvaluateArgs, PipelineConfig
-from dreamlab.generations.diffusion.report import write_diffusion_report
+from dreamlab.generations.diffusion.report import diffusion_kindness, write_diffusion_report
 from dreamlab.generations.diffusion.run import (
     load_diffusion_agent,
     load_diffusion_world_model,
     run_config,
 )
 from dreamlab.generations.diffusion.train import (
+    EVAL_SEED,
     PRESETS,
     TrainDiffusionConfig,
     check_actions,
@@ -103,6 +105,8 @@ def run_diffusion_pipeline(run: str | Path, preset: str | None, options: Pipelin
             )
         cfg.seed = options.seed
     train_diffusion(dataclasses.replace(cfg, out=path, progress=options.progress))
+    if not (path / KINDNESS_FILE).exists():
+        timed(path, "kindness", lambda: diffusion_kindness(path))
     report = timed(path, "report", lambda: write_diffusion_report(path))
     print(f"[dreamlab] diffusion done: {report}", flush=True)
     return path
@@ -127,7 +131,7 @@ def evaluate_diffusion(path: Path, args: EvaluateArgs) -> dict[str, Any]:
         env_kwargs,
         args.agent,
         args.episodes,
-        seed=10_000 + cfg.seed,
+        seed=EVAL_SEED + cfg.seed,
         progress=cfg.progress,
         world_model=lambda: load_diffusion_world_model(path, cfg.device),
         planner=args.planner,

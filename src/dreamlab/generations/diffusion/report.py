@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.checkpoint import has_model
+from dreamlab.eval.kindness import kindness_markdown
 from dreamlab.generations.args import DreamArgs
 from dreamlab.generations.diffusion.run import (
     load_diffusion_agent,
     load_diffusion_world_model,
     run_config,
 )
-from dreamlab.generations.diffusion.train import run_store
+from dreamlab.generations.diffusion.train import EVAL_SEED, run_env, run_store
 from dreamlab.generations.diffusion.worldmodel import diffusion_start_states
 from dreamlab.io import atomic_write_text, read_json
 from dreamlab.rundir import RunError, store_action_space, timings
@@ -37,6 +38,35 @@ def _fidelity_rows(fid: dict[str, Any]) -> list[str]:
     ):
         rows.append(f"| {h} | {m:.4f} | {c:.4f} | {r:.2f} | {'-' if b is None else f'{b:.2f}'} |")
     return rows
+
+
+def diffusion_kindness(path: Path) -> dict[str, Any] | None:
+    """Is the dream kinder than reality? The Q-agent and random play in 64 whole dreams of the
+    diffusion model (its dreams are the slowest) beside their real returns (``kindness.json``,
+    :mod:`dreamlab.eval.kindness`); nothing before the evaluation."""
+    from dreamlab.eval.kindness import kindness_of_run
+
+    cfg = run_config(path)
+    summary = read_json(path / "eval.json", "eval") if (path / "eval.json").exists() else {}
+    if "mean_return" not in summary:
+        return None
+    store = run_store(cfg, path)
+    agent = load_diffusion_agent(path, cfg.device)
+    starts = diffusion_start_states(agent.world_model, store, frames="first", max_episodes=64)
+    return kindness_of_run(
+        path,
+        agent.world_model,
+        starts,
+        store_action_space(store),
+        (agent.act, summary),
+        run_env(cfg, store),
+        longest=int(store.lengths.max()),
+        real_seed=EVAL_SEED + cfg.seed,
+        seed=cfg.seed,
+        episodes=64,
+        agent="the Q-agent",
+        model="the diffusion model",
+    )
 
 
 def write_diffusion_report(path: Path) -> Path:
@@ -74,6 +104,8 @@ def write_diffusion_report(path: Path) -> Path:
             "",
             "![dream vs real](dream_vs_real.gif)",
         ]
+    labels = {"controller": "the Q-agent", "random": "random play"}
+    lines += ["", *kindness_markdown(path, labels)]
     times = timings(path)
     if times:
         lines += [

@@ -52,6 +52,7 @@ from dreamlab.train.fit import TrainConfig, fit
 from dreamlab.worldmodel import ActionSpec
 
 __all__ = [
+    "EVAL_SEED",
     "KIND",
     "PRESETS",
     "TrainDiffusionConfig",
@@ -66,6 +67,8 @@ __all__ = [
 
 KIND = "diffusion"
 """the generation's kind in ``RUN/config.json``"""
+EVAL_SEED = 10_000
+"""the real evaluation's first seed is this + the run's seed"""
 
 
 @dataclass
@@ -386,7 +389,7 @@ def train_diffusion(cfg: TrainDiffusionConfig) -> dict[str, Any]:
                 agent,
                 cfg.eval_episodes,
                 env_name=env_name,
-                seed=10_000 + cfg.seed,
+                seed=EVAL_SEED + cfg.seed,
                 progress=cfg.progress,
             ),
         )

@@ -46,8 +46,10 @@ from dreamlab.io import append_jsonl, atomic_write_json, read_json, truncate_jso
 from dreamlab.progress import tqdm
 from dreamlab.rundir import RunError, check_same_settings, read_run_config_of, write_run_config
 
-__all__ = ["record_config", "train_dreamer"]
+__all__ = ["FINAL_EVAL_SEED", "record_config", "train_dreamer"]
 
+FINAL_EVAL_SEED = 1_000_000_000
+"""the first seed of the final evaluation's real episodes"""
 _FREE_KEYS = ("progress", "tensorboard", "num_threads")
 """settings a resumed run may change (they do not change what is learned)"""
 
@@ -293,7 +295,7 @@ def train_dreamer(cfg: DreamerConfig, out_dir: str | Path) -> DreamerResult:
         final_path = out / "eval.json"
         final = read_json(final_path, "eval").get("final") if final_path.exists() else None
         if final is None or final.get("updates") != tr.updates:
-            final = tr.evaluate(cfg.final_eval_episodes, seed=1_000_000_000)
+            final = tr.evaluate(cfg.final_eval_episodes, seed=FINAL_EVAL_SEED)
             _write_eval(out, tr.evals, final)
             loop.scalars(final, "dreamer/final/")
     finally:

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.checkpoint import has_model
+from dreamlab.eval.kindness import KINDNESS_FILE
 from dreamlab.generations.args import EvaluateArgs, PipelineConfig
 from dreamlab.generations.own import check_same_env, new_own_store, parse_env_kwargs, store_facts
 from dreamlab.generations.rssm.agent import DreamerAgent
 from dreamlab.generations.rssm.config import DreamerConfig, get_dreamer_preset, own_config
 from dreamlab.generations.rssm.online import record_config, train_dreamer
-from dreamlab.generations.rssm.report import run_config, write_dreamer_report
+from dreamlab.generations.rssm.report import rssm_kindness, run_config, write_dreamer_report
 from dreamlab.rundir import RunError, run_kind, timed
 
 __all__ = [
@@ -78,6 +79,8 @@ def _open_own(path: Path, options: PipelineConfig, fresh: bool) -> DreamerConfig
 def _train_and_report(path: Path, cfg: DreamerConfig) -> Path:
     """Both stages, each timed into ``timings.json``; returns the report's path."""
     timed(path, "online", lambda: train_dreamer(cfg, path))
+    if not (path / KINDNESS_FILE).exists():
+        timed(path, "kindness", lambda: rssm_kindness(path))
     return timed(path, "report", lambda: write_dreamer_report(path))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamlab.data.store import EpisodeStore
+from dreamlab.eval.kindness import kindness_markdown
 from dreamlab.generations.args import DreamArgs
 from dreamlab.generations.rssm.agent import DreamerAgent
 from dreamlab.generations.rssm.config import KIND, DreamerConfig
@@ -19,7 +20,7 @@ from dreamlab.io import atomic_write_text, read_json
 from dreamlab.models.rssm import rssm_preset
 from dreamlab.rundir import RunError, read_run_config_of, store_action_space
 
-__all__ = ["dream_rssm", "dream_vs_reality", "run_config", "write_dreamer_report"]
+__all__ = ["rssm_kindness", "dream_rssm", "dream_vs_reality", "run_config", "write_dreamer_report"]
 
 
 def run_config(path: Path) -> DreamerConfig:
@@ -96,10 +97,44 @@ def write_dreamer_report(path: Path) -> Path:
             "",
             "![dream vs real](dream_vs_real.gif)",
         ]
-    lines += ["", "Curves: `tensorboard --logdir " + str(path / "tb") + "`; metrics.jsonl.", ""]
+    lines += ["", *kindness_markdown(path, {"controller": "the actor", "random": "random play"})]
+    lines += ["Curves: `tensorboard --logdir " + str(path / "tb") + "`; metrics.jsonl.", ""]
     out = path / "report.md"
     atomic_write_text(out, "\n".join(lines))
     return out
+
+
+def rssm_kindness(path: Path) -> dict[str, Any] | None:
+    """Is the dream kinder than reality? The actor and random play in 256 whole dreams of the
+    RSSM beside their real returns (``kindness.json``, :mod:`dreamlab.eval.kindness`); nothing
+    before the final evaluation."""
+    from dreamlab.eval.kindness import kindness_of_run
+    from dreamlab.generations.rssm.online import FINAL_EVAL_SEED
+
+    cfg = run_config(path)
+    final = (
+        read_json(path / "eval.json", "eval").get("final")
+        if (path / "eval.json").exists()
+        else None
+    )
+    if not final:
+        return None
+    agent = DreamerAgent.load(path, device=cfg.device, seed=cfg.seed)
+    store = EpisodeStore.open(path / "data")
+    starts = rssm_start_states(agent.world_model, store, frames="first", max_episodes=256)
+    return kindness_of_run(
+        path,
+        agent.world_model,
+        starts,
+        store_action_space(store),
+        (agent.dream_policy, final),
+        (cfg.env, dict(cfg.env_kwargs)),
+        longest=int(store.lengths.max()),
+        real_seed=FINAL_EVAL_SEED,
+        seed=cfg.seed,
+        agent="the actor",
+        model="the RSSM",
+    )
 
 
 def dream_vs_reality(path: Path, context: int = 5, horizon: int = 20) -> dict[str, Any] | None:

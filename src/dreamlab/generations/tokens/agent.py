@@ -54,11 +54,6 @@ class TokenAgent(ActorAgent):
     def _after_action(self, state: State, env_action: torch.Tensor) -> State:
         return self.world_model.advance(state, env_action)
 
-    def dream_policy(self, features: torch.Tensor) -> torch.Tensor:
-        """The same actor inside the dream: features ``(N, F)`` -> env actions (its mode)."""
-        with torch.no_grad():
-            return self.actor_critic.to_env(self.actor_critic.policy(features).mode())
-
 
 def agent_imagination_config(cfg: TokenRunConfig) -> ImaginationConfig:
     """Imagination settings of the token agent: the run's horizon and rollouts per update,

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from dreamlab.eval.kindness import kindness_markdown
 from dreamlab.generations.tokens.config import TokenRunConfig
 from dreamlab.generations.tokens.probe import (
     imagination_speed,
@@ -25,12 +26,17 @@ from dreamlab.io import atomic_write_json, atomic_write_text, read_json
 from dreamlab.rundir import RunError
 
 __all__ = [
+    "EVAL_SEED",
     "evaluate_run",
     "evaluate_tokens",
     "heldout_episodes",
     "summary_markdown",
+    "token_kindness",
     "write_report",
 ]
+
+EVAL_SEED = 10_000
+"""the real evaluation's first seed is this + the run's seed"""
 
 
 def heldout_episodes(cfg: TokenRunConfig, count: int) -> list[dict[str, np.ndarray]]:
@@ -55,7 +61,7 @@ def evaluate_run(run: TokenRun, store: Any, progress: bool = True) -> dict[str, 
         run.agent,
         cfg.eval_episodes,
         env_name=cfg.env,
-        seed=10_000 + cfg.seed,
+        seed=EVAL_SEED + cfg.seed,
         record=False,
         progress=progress,
     )
@@ -136,6 +142,37 @@ def summary_markdown(path: Path, cfg: TokenRunConfig, r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def token_kindness(path: Path) -> dict[str, Any] | None:
+    """Is the dream kinder than reality? The actor and random play in 256 whole dreams of the
+    token model beside their real returns (``kindness.json``, :mod:`dreamlab.eval.kindness`);
+    nothing before the evaluation."""
+    from dreamlab.data.store import EpisodeStore
+    from dreamlab.eval.kindness import kindness_of_run
+    from dreamlab.generations.tokens.run import run_store
+    from dreamlab.rundir import store_action_space
+
+    file = path / "eval.json"
+    real = read_json(file, "token run evaluation").get("agent") if file.exists() else None
+    if not real:
+        return None
+    cfg, wm, agent = load_token_run(path)
+    assert agent is not None
+    store = EpisodeStore.open(run_store(path) or path / "data")
+    return kindness_of_run(
+        path,
+        wm,
+        token_start_bank(wm, store, frames="first", max_rows=256),
+        store_action_space(store),
+        (agent.dream_policy, real),
+        (cfg.env, dict(cfg.env_kwargs)),
+        longest=int(store.lengths.max()),
+        real_seed=EVAL_SEED + cfg.seed,
+        seed=cfg.seed,
+        agent="the actor",
+        model="the token model",
+    )
+
+
 def write_report(path: Path) -> Path:
     """``RUN/report.md`` from the run's ``eval.json`` -> its path.
 
@@ -150,7 +187,10 @@ def write_report(path: Path) -> Path:
     if "fidelity" not in report:
         raise RunError(f"{file}: has no run evaluation yet; run `dreamlab train-tokens` first")
     out = path / "report.md"
-    atomic_write_text(out, summary_markdown(path, cfg, report))
+    labels = {"controller": "the actor", "random": "random play"}
+    atomic_write_text(
+        out, "\n".join([summary_markdown(path, cfg, report), *kindness_markdown(path, labels)])
+    )
     return out
 
 
@@ -169,7 +209,7 @@ def evaluate_tokens(run: Path, args: Any) -> dict[str, Any]:
         dict(cfg.env_kwargs),
         args.agent,
         args.episodes,
-        seed=10_000 + cfg.seed,
+        seed=EVAL_SEED + cfg.seed,
         world_model=lambda: world_model,
         planner=args.planner,
     )

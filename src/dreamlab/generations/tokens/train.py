@@ -28,6 +28,7 @@ import tyro
 
 from dreamlab.data.store import EpisodeStore
 from dreamlab.envs.scenarios import CATCH_WORDS
+from dreamlab.eval.kindness import KINDNESS_FILE
 from dreamlab.generations.args import PipelineConfig
 from dreamlab.generations.own import check_same_env, new_own_store, parse_env_kwargs, store_facts
 from dreamlab.generations.tokens.agent import TokenAgent, train_agent
@@ -38,7 +39,7 @@ from dreamlab.generations.tokens.config import (
     tokenizer_config,
 )
 from dreamlab.generations.tokens.data import open_store, tokenize_store, window_batches
-from dreamlab.generations.tokens.evaluate import evaluate_run, write_report
+from dreamlab.generations.tokens.evaluate import evaluate_run, token_kindness, write_report
 from dreamlab.generations.tokens.run import (
     TokenRun,
     read_token_config,
@@ -220,6 +221,8 @@ def run_pipeline(run: Path, preset: str | None, cfg: PipelineConfig) -> Path:
     file = run / "eval.json"
     evaluated = file.exists() and "fidelity" in read_json(file, "eval")
     train_tokens(config, run, data=data, progress=cfg.progress, evaluate=not evaluated)
+    if not (run / KINDNESS_FILE).exists():
+        timed(run, "kindness", lambda: token_kindness(run))
     write_report(run)
     return run
 

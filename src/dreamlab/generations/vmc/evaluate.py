@@ -23,7 +23,7 @@ from dreamlab.dream import DreamEnv
 from dreamlab.envs.policies import make_policy
 from dreamlab.eval.dream_vs_real import dream_vs_real
 from dreamlab.eval.evaluate import evaluate_policy
-from dreamlab.eval.kindness import dream_episodes, kindness, kindness_line
+from dreamlab.eval.kindness import KINDNESS_FILE, measure_kindness
 from dreamlab.generations.args import DreamArgs, EvaluateArgs
 from dreamlab.generations.vmc.agent import VMCAgent
 from dreamlab.generations.vmc.report import controller_path, controller_round, write_report
@@ -211,7 +211,6 @@ def stage_dream(run: Run) -> dict[str, Any]:
     )
 
 
-KINDNESS_FILE = "kindness.json"
 """C's and random play's returns in whole dreams beside their real ones (:func:`dream_kindness`)"""
 
 
@@ -237,24 +236,18 @@ def dream_kindness(run: Run, episodes: int = 256) -> dict[str, Any] | None:
         "controller": run.controller(),
         "random": make_policy("random", space, seed=cfg.seed),
     }
-    agents = {}
-    for name, policy in policies.items():
-        if name in evals:
-            _, returns = dream_episodes(
-                wm, bank, policy, space, episodes, cfg.evolve.temperature, longest, cfg.seed
-            )
-            agents[name] = kindness(returns, evals[name])
-    out = {
-        "episodes": episodes,
-        "max_steps": int(longest),
-        "temperature": cfg.evolve.temperature,
-        "termination": cfg.dream_termination,
-        "agents": agents,
-        "verdict": kindness_line(agents),
-    }
-    atomic_write_json(run / KINDNESS_FILE, out)
-    print(f"[dreamlab] {out['verdict']}", flush=True)
-    return out
+    return measure_kindness(
+        run.path,
+        wm,
+        bank,
+        space,
+        {name: (policy, evals[name]) for name, policy in policies.items() if name in evals},
+        max_steps=longest,
+        episodes=episodes,
+        temperature=cfg.evolve.temperature,
+        termination=cfg.dream_termination,
+        seed=cfg.seed,
+    )
 
 
 # ------------------------------------------------------------------------------------ commands

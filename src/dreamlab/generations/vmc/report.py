@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dreamlab.eval.kindness import kindness_markdown
 from dreamlab.generations.vmc.checks_report import checks_markdown
 from dreamlab.generations.vmc.stages import FOREGROUND_FILE, foreground_line
 from dreamlab.io import atomic_path, atomic_write_text, read_json, read_jsonl
@@ -120,37 +121,6 @@ def plot_evolution(run_path: Path, names: list[str], out: Path) -> bool:
     return True
 
 
-def kindness_markdown(root: Path) -> list[str]:
-    """The report's section on ``kindness.json``: returns in whole dreams beside real ones."""
-    path = root / "kindness.json"
-    if not path.exists():
-        return []
-    k = read_json(path, "kindness")
-    lines = [
-        "## Is the dream kinder than reality?",
-        "",
-        f"**{k['verdict'][0].upper()}{k['verdict'][1:]}.**",
-        "",
-        "| agent | return in whole dreams | return in reality | dream - real |",
-        "|---|---|---|---|",
-    ]
-    for name, a in k["agents"].items():
-        d, r = a["dream"], a["real"]
-        lines.append(
-            f"| {agent_label(name)} | {d['mean_return']:.2f} ± {d['stderr']:.2f} | "
-            f"{r['mean_return']:.2f} ± {r['stderr']:.2f} | {a['gap']:+.2f} |"
-        )
-    lines += [
-        "",
-        f"{k['episodes']} dreams per agent from real episodes' first frames, up to "
-        f"{k['max_steps']} steps (the longest real episode), temperature {k['temperature']:g}, "
-        f"deaths by {k['termination']} (± one standard error). Kinder: the gap exceeds twice "
-        "its standard error and a tenth of the real score (or of its spread, if larger).",
-        "",
-    ]
-    return lines
-
-
 def write_report(run: Any) -> Path:
     """Write ``report.md`` (and ``evolution.png``) into the run directory ``run.path``."""
     root = Path(run.path)
@@ -200,7 +170,7 @@ def write_report(run: Any) -> Path:
                 + ", ".join(f"[{v}]({v})" for v in videos),
                 "",
             ]
-    lines += kindness_markdown(root)
+    lines += kindness_markdown(root, {n: agent_label(n) for n in AGENT_NAMES})
     iterations = getattr(cfg, "iterations", 0)
     rounds = [f"controller_round{r}" for r in range(iterations)]
     names = [
