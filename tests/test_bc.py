@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dreamlab.bc.commands import collect_demos
-from dreamlab.bc.compare import CompareArgs, run_compare
+from dreamlab.bc.compare import COMPARE_AGENTS, CompareArgs, run_compare
 from dreamlab.bc.data import pixel_batches, stack_frames
 from dreamlab.bc.policy import BCPolicy
 from dreamlab.bc.train import bc_config_for, train_bc
@@ -285,8 +285,9 @@ def test_compare_takes_a_world_model_run_of_any_generation(
     argv = ["pipeline", "--run", str(wm), "--preset", "catch-dreamer-debug", "--no-progress"]
     assert main(argv) == 0
     args = _small_compare(tmp_path / "cmp", wm)
-    with pytest.raises(RunError, match="bc_latent reads V\\+M"):
-        run_compare(dataclasses.replace(args, agents=("controller", "bc_latent")))
+    for asked in (("controller", "bc_latent"), COMPARE_AGENTS):  # asked for: one error line
+        with pytest.raises(RunError, match="bc_latent reads V\\+M"):
+            run_compare(dataclasses.replace(args, agents=asked))
     data = run_compare(args)  # the default agents: bc_latent (V+M's [z, h]) is left out
     assert data["settings"]["world_model_kind"] == "rssm"
     assert len(data["results"]) == 4 * 4 and "controller/harder/1" in data["results"]

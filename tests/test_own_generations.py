@@ -59,9 +59,10 @@ def test_every_generation_runs_from_an_own_env_sized_from_it_and_resumes(
     kindness = json.loads((run / "kindness.json").read_text())
     assert set(kindness["agents"]) == {"controller", "random"}
     assert kindness["agents"]["controller"]["real"]["mean_return"] == _real_return(run, kind)
-    assert kindness["verdict"] in out and "Is the dream kinder than reality?" in (
-        run / "report.md"
-    ).read_text()
+    assert (
+        kindness["verdict"] in out
+        and "Is the dream kinder than reality?" in (run / "report.md").read_text()
+    )
     # resumed: nothing is trained again; another generation for this run is refused
     before = _weights(run)
     assert cli.main(["pipeline", "--run", str(run), *own]) == 0, capsys.readouterr().err

@@ -74,8 +74,9 @@ class CompareArgs:
     """strengths of the 'start' shift, in (0, 1]"""
     harder_strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     """strengths of the 'harder' shift, in (0, 1]"""
-    agents: tuple[str, ...] = COMPARE_AGENTS
-    """agents to score: expert, random, controller, bc, bc_latent"""
+    agents: tuple[str, ...] | None = None
+    """agents to score: expert, random, controller, bc, bc_latent (default: all of them that
+    the world-model run serves; bc_latent needs a V/M/C run)"""
     frame_stack: int = 3
     """frames the pixel BC policy sees at once"""
     bc_epochs: float = DEFAULT_PIXEL_TRAIN.epochs
@@ -92,7 +93,7 @@ class CompareArgs:
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise ValueError(f"CompareArgs.episodes={self.episodes}: expected >= 1")
-        unknown = sorted(set(self.agents) - set(COMPARE_AGENTS))
+        unknown = sorted(set(self.agents or ()) - set(COMPARE_AGENTS))
         if unknown:
             raise ValueError(f"CompareArgs.agents: unknown {unknown}; known {list(COMPARE_AGENTS)}")
         if any(int(k) != k or k < 1 for k in self.actions_k):
@@ -264,13 +265,17 @@ def run_compare(args: CompareArgs) -> dict[str, Any]:
             PipelineConfig(run=wm_path, preset=args.preset, until=until, progress=args.progress)
         )
     side = WorldModelSide.open(wm_path)
-    if side.kind != "vmc" and "bc_latent" in args.agents:
-        if tuple(args.agents) != COMPARE_AGENTS:
-            raise RunError(
-                f"bc_latent reads V+M's [z, h]; {wm_path} is a {side.kind} run; leave it out"
-            )
-        args = dataclasses.replace(args, agents=tuple(a for a in args.agents if a != "bc_latent"))
-        print(f"compare: {wm_path} is a {side.kind} run; bc_latent (V+M's [z, h]) left out")
+    if side.kind != "vmc" and "bc_latent" in (args.agents or ()):
+        raise RunError(
+            f"bc_latent reads V+M's [z, h]; {wm_path} is a {side.kind} run; leave it out"
+        )
+    if args.agents is None:
+        agents = COMPARE_AGENTS
+        if side.kind != "vmc":
+            agents = tuple(a for a in agents if a != "bc_latent")
+            print(f"compare: {wm_path} is a {side.kind} run; bc_latent (V+M's [z, h]) left out")
+        args = dataclasses.replace(args, agents=agents)
+    assert args.agents is not None
     env = side.env
     path = root / "compare.json"
     data = _load_results(path, _settings(args, wm_path))
