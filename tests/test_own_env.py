@@ -210,10 +210,10 @@ def test_data_of_another_env_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     assert not run.exists()
 
 
-def test_generic_config_is_sized_from_the_env_and_its_episodes(tmp_path: Path) -> None:
+def test_a_vmc_run_is_sized_from_the_env_and_its_episodes(tmp_path: Path) -> None:
     from dreamlab.data.store import EpisodeStore
-    from dreamlab.generations.own import failure_share, foreground_share
-    from dreamlab.generations.vmc.generic import DREAM_STEP_BUDGET, generic_config
+    from dreamlab.generations.own import failure_share, foreground_share, store_facts
+    from dreamlab.generations.vmc.generic import DREAM_STEP_BUDGET, own_config
 
     for env_class, steps in (("Reach", 20), ("ReachBox", 50)):
         out = tmp_path / env_class
@@ -224,7 +224,7 @@ def test_generic_config_is_sized_from_the_env_and_its_episodes(tmp_path: Path) -
             )
         )
         store = EpisodeStore.open(out)
-        cfg = generic_config(store, env, {"steps": steps}, seed=3)
+        cfg = own_config(store_facts(store), env, {"steps": steps}, seed=3)
         assert cfg.env == env and cfg.env_kwargs == {"steps": steps} and cfg.seed == 3
         assert cfg.vae.frame_size == 64
         # two 8x8 blocks on 64x64: 3.1 % of the pixels, weighted to ~60 % of V's loss
@@ -242,15 +242,15 @@ def test_generic_config_is_sized_from_the_env_and_its_episodes(tmp_path: Path) -
 
 def test_an_env_that_ends_on_failure_gets_the_doom_lessons(tmp_path: Path) -> None:
     from dreamlab.data.store import EpisodeStore
-    from dreamlab.generations.own import failure_share
-    from dreamlab.generations.vmc.generic import generic_config
+    from dreamlab.generations.own import failure_share, store_facts
+    from dreamlab.generations.vmc.generic import own_config
 
     env = f"{MODULE}:Dodge"
     collect(CollectConfig(env=env, out=tmp_path / "d", episodes=8, workers=1, progress=False))
     store = EpisodeStore.open(tmp_path / "d")
     ends = [bool(store.episode(i)["terminated"][-1]) for i in store.indices]
     assert 0 < sum(ends) and failure_share(store) == pytest.approx(np.mean(ends))
-    cfg = generic_config(store, env, {}, seed=0)
+    cfg = own_config(store_facts(store), env, {}, seed=0)
     # M's death probability calibrated and drawn in the dream, only live dreams stepped, and
     # the checks of the dream (M's deaths on held-out episodes, survival dream vs reality)
     assert cfg.mdnrnn.termination_pos_weight == 1.0 and cfg.dream_termination == "sample"

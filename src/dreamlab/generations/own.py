@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -38,12 +38,14 @@ from dreamlab.worldmodel import ActionSpec
 __all__ = [
     "COLLECT_EPISODES",
     "GENERIC",
+    "OwnConfig",
     "StoreFacts",
     "check_same_env",
     "failure_share",
     "foreground_share",
     "foreground_weight",
     "new_own_store",
+    "open_own",
     "parse_env_kwargs",
     "prepare_data",
     "scaled",
@@ -296,3 +298,48 @@ def store_facts(store: EpisodeStore) -> StoreFacts:
         foreground_share=foreground_share(store),
         mean_return=float(np.mean(returns)),
     )
+
+
+class OwnConfig(Protocol):
+    """What :func:`open_own` reads of a generation's run config."""
+
+    env: str
+    env_kwargs: dict[str, Any]
+
+
+C = TypeVar("C", bound=OwnConfig)
+
+
+def open_own(
+    path: Path,
+    options: Any,
+    saved: C | None,
+    own_config: Callable[[StoreFacts, str, dict[str, Any], int, float], C],
+    *,
+    title: str,
+    describe: Callable[[C], str],
+    check_actions: Callable[[ActionSpec], None] | None = None,
+) -> C:
+    """The config of a run sized from ``--env``/``--data`` (``options``, a ``PipelineConfig``).
+
+    An existing run (``saved``, its recorded config) must have been made from the same env and
+    is returned as it is. A new one gets its episodes (:func:`new_own_store`), its facts and
+    ``own_config(facts, env, env_kwargs, seed, scale)``; one line says what it was sized from
+    (``title`` names the run, ``describe`` its sizes). The caller records the config.
+    """
+    kwargs = parse_env_kwargs(options.env_kwargs)
+    if saved is not None:
+        check_same_env(path, (saved.env, saved.env_kwargs), options.env, kwargs)
+        return saved
+    seed = 0 if options.seed is None else options.seed
+    scale = options.budget_scale
+    store, env, env_kwargs = new_own_store(
+        path, options.env, kwargs, options.data, seed, options.progress, scale, check_actions
+    )
+    facts = store_facts(store)
+    cfg = own_config(facts, env, env_kwargs, seed, scale)
+    print(
+        f"[dreamlab] {path}: {title} of {env} sized from {facts.line()}: {describe(cfg)}",
+        flush=True,
+    )
+    return cfg

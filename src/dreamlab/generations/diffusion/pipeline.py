@@ -33,7 +33,7 @@ from dreamlab.generations.diffusion.train import (
     run_store,
     train_diffusion,
 )
-from dreamlab.generations.own import check_same_env, new_own_store, parse_env_kwargs, store_facts
+from dreamlab.generations.own import open_own
 from dreamlab.rundir import RunError, read_run_config, timed
 
 __all__ = [
@@ -49,30 +49,17 @@ __all__ = [
 def _open_own(path: Path, options: PipelineConfig, fresh: bool) -> TrainDiffusionConfig:
     """A run sized from ``--env``/``--data`` (:func:`~dreamlab.generations.diffusion.train.own_config`);
     an existing one must have been made from the same env."""
-    kwargs = parse_env_kwargs(options.env_kwargs)
-    if not fresh:
-        cfg = run_config(path)
-        check_same_env(path, (cfg.env, cfg.env_kwargs), options.env, kwargs)
-        return cfg
-    seed = 0 if options.seed is None else options.seed
-    store, env, env_kwargs = new_own_store(
+    return open_own(
         path,
-        options.env,
-        kwargs,
-        options.data,
-        seed,
-        options.progress,
-        options.budget_scale,
-        check_actions,
+        options,
+        None if fresh else run_config(path),
+        own_config,
+        title="diffusion run",
+        describe=lambda c: (
+            f"{c.steps} world-model steps, dreams of up to {c.agent.max_episode_steps} steps"
+        ),
+        check_actions=check_actions,
     )
-    facts = store_facts(store)
-    cfg = own_config(facts, env, env_kwargs, seed, options.budget_scale)
-    print(
-        f"[dreamlab] {path}: diffusion run of {env} sized from {facts.line()}: "
-        f"{cfg.steps} world-model steps, dreams of up to {cfg.agent.max_episode_steps} steps",
-        flush=True,
-    )
-    return cfg
 
 
 def run_diffusion_pipeline(run: str | Path, preset: str | None, options: PipelineConfig) -> Path:

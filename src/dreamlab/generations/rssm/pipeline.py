@@ -17,7 +17,7 @@ from typing import Any
 from dreamlab.checkpoint import has_model
 from dreamlab.eval.kindness import KINDNESS_FILE
 from dreamlab.generations.args import EvaluateArgs, PipelineConfig
-from dreamlab.generations.own import check_same_env, new_own_store, parse_env_kwargs, store_facts
+from dreamlab.generations.own import open_own
 from dreamlab.generations.rssm.agent import DreamerAgent
 from dreamlab.generations.rssm.config import DreamerConfig, get_dreamer_preset, own_config
 from dreamlab.generations.rssm.online import record_config, train_dreamer
@@ -56,23 +56,16 @@ def open_run(path: Path, preset: str | None) -> DreamerConfig:
 def _open_own(path: Path, options: PipelineConfig, fresh: bool) -> DreamerConfig:
     """A run sized from ``--env``/``--data`` (:func:`~dreamlab.generations.rssm.config.own_config`),
     its config recorded now; an existing one must have been made from the same env."""
-    kwargs = parse_env_kwargs(options.env_kwargs)
-    if not fresh:
-        cfg = run_config(path)
-        check_same_env(path, (cfg.env, cfg.env_kwargs), options.env, kwargs)
-        return cfg
-    seed = 0 if options.seed is None else options.seed
-    store, env, env_kwargs = new_own_store(
-        path, options.env, kwargs, options.data, seed, options.progress, options.budget_scale
+    cfg = open_own(
+        path,
+        options,
+        None if fresh else run_config(path),
+        own_config,
+        title="Dreamer run",
+        describe=lambda c: f"windows of {c.seq_len} steps, {c.offline_updates} offline updates",
     )
-    facts = store_facts(store)
-    cfg = own_config(facts, env, env_kwargs, seed, options.budget_scale)
-    record_config(path, cfg)
-    print(
-        f"[dreamlab] {path}: generic Dreamer run of {env} sized from {facts.line()}: windows of "
-        f"{cfg.seq_len} steps, {cfg.offline_updates} offline updates",
-        flush=True,
-    )
+    if fresh:
+        record_config(path, cfg)
     return cfg
 
 

@@ -30,7 +30,7 @@ from dreamlab.data.store import EpisodeStore
 from dreamlab.envs.scenarios import CATCH_WORDS
 from dreamlab.eval.kindness import KINDNESS_FILE
 from dreamlab.generations.args import PipelineConfig
-from dreamlab.generations.own import check_same_env, new_own_store, parse_env_kwargs, store_facts
+from dreamlab.generations.own import open_own
 from dreamlab.generations.tokens.agent import TokenAgent, train_agent
 from dreamlab.generations.tokens.config import (
     TokenRunConfig,
@@ -176,23 +176,17 @@ def train_tokens(
 def _open_own(run: Path, options: PipelineConfig, saved: TokenRunConfig | None) -> TokenRunConfig:
     """A run sized from ``--env``/``--data`` (:func:`~dreamlab.generations.tokens.config.own_config`);
     an existing one must have been made from the same env."""
-    kwargs = parse_env_kwargs(options.env_kwargs)
-    if saved is not None:
-        check_same_env(run, (saved.env, saved.env_kwargs), options.env, kwargs)
-        return saved
-    seed = 0 if options.seed is None else options.seed
-    store, env, env_kwargs = new_own_store(
-        run, options.env, kwargs, options.data, seed, options.progress, options.budget_scale
+    return open_own(
+        run,
+        options,
+        saved,
+        own_config,
+        title="token run",
+        describe=lambda c: (
+            f"{tokenizer_config(c).tokens_per_frame} tokens per frame, imagined rollouts of "
+            f"{c.horizon} steps"
+        ),
     )
-    facts = store_facts(store)
-    config = own_config(facts, env, env_kwargs, seed, options.budget_scale)
-    print(
-        f"[dreamlab] {run}: token run of {env} sized from {facts.line()}: "
-        f"{tokenizer_config(config).tokens_per_frame} tokens per frame, imagined rollouts of "
-        f"{config.horizon} steps",
-        flush=True,
-    )
-    return config
 
 
 def run_pipeline(run: Path, preset: str | None, cfg: PipelineConfig) -> Path:

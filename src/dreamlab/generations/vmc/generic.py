@@ -31,35 +31,29 @@ from typing import Any
 
 import numpy as np
 
-from dreamlab.data.store import EpisodeStore
-from dreamlab.generations.own import GENERIC, foreground_weight, scaled, store_facts
+from dreamlab.generations.own import GENERIC, StoreFacts, foreground_weight, scaled
 from dreamlab.generations.vmc.config import RunConfig
 from dreamlab.models.mdnrnn import MDNRNNConfig
 from dreamlab.models.vae import VAEConfig
 from dreamlab.train.evolve import EvolveConfig
 from dreamlab.train.fit import TrainConfig
 
-__all__ = ["DREAM_STEP_BUDGET", "generic_config"]
+__all__ = ["DREAM_STEP_BUDGET", "own_config"]
 
 DREAM_STEP_BUDGET = 4_000_000
 """imagined steps CMA-ES may spend (population x rollouts x dream length x generations; dreams
 that end early spend less)"""
 
 
-def generic_config(
-    store: EpisodeStore,
+def own_config(
+    facts: StoreFacts,
     env: str,
     env_kwargs: dict[str, Any],
     seed: int = 0,
     scale: float = 1.0,
 ) -> RunConfig:
-    """A V/M/C config sized from ``store`` (its frames, action space and episode lengths), every
-    training budget times ``scale``.
-
-    Raises:
-        RunError: frames that are not square RGB images, or an unusable action space.
-    """
-    facts = store_facts(store)
+    """A V/M/C config sized from a store's :class:`~dreamlab.generations.own.StoreFacts` (its
+    frames, action space and episode lengths), every training budget times ``scale``."""
     dream_steps, dies, frame_size = facts.dream_steps, facts.dies, facts.frame_size
     population, rollouts = 32, 8
     generations = int(np.clip(DREAM_STEP_BUDGET // (population * rollouts * dream_steps), 30, 200))

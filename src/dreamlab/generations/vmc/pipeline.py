@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dreamlab.generations.args import PipelineConfig
-from dreamlab.generations.own import check_same_env, new_own_store, parse_env_kwargs
+from dreamlab.generations.own import check_same_env, open_own, parse_env_kwargs
 from dreamlab.generations.vmc.config import STAGES
 from dreamlab.generations.vmc.controller import stage_controller, vonly_evolve
 from dreamlab.generations.vmc.dream_checks import stage_checks
@@ -24,7 +24,7 @@ from dreamlab.generations.vmc.evaluate import (
     stage_dream,
     stage_evaluate,
 )
-from dreamlab.generations.vmc.generic import generic_config
+from dreamlab.generations.vmc.generic import own_config
 from dreamlab.generations.vmc.iterate import stage_first_controller, stage_iterate
 from dreamlab.generations.vmc.report import write_report
 from dreamlab.generations.vmc.run import Run
@@ -66,25 +66,26 @@ def _open(cfg: PipelineConfig) -> Run:
 
 
 def _open_own_env(cfg: PipelineConfig, fresh: bool) -> Run:
-    """A run sized from ``--env`` / ``--data`` (:mod:`~dreamlab.generations.vmc.generic`); an
-    existing one must have been made from the same env."""
-    kwargs = parse_env_kwargs(cfg.env_kwargs)
+    """A run sized from ``--env`` / ``--data`` (:func:`~dreamlab.generations.vmc.generic.own_config`);
+    an existing one must have been made from the same env."""
     if not fresh:
         run = Run.open(cfg.run)
-        check_same_env(run.path, (run.config.env, run.config.env_kwargs), cfg.env, kwargs)
+        made = (run.config.env, run.config.env_kwargs)
+        check_same_env(run.path, made, cfg.env, parse_env_kwargs(cfg.env_kwargs))
         return run
-    seed = 0 if cfg.seed is None else cfg.seed
-    store, env, env_kwargs = new_own_store(
-        cfg.run, cfg.env, kwargs, cfg.data, seed, cfg.progress, cfg.budget_scale
+    config = open_own(
+        cfg.run,
+        cfg,
+        None,
+        own_config,
+        title="generic V/M/C run",
+        describe=lambda c: (
+            f"{c.vae.frame_size}px frames, dreams of {c.evolve.max_episode_steps} steps, "
+            f"{c.evolve.generations} CMA-ES generations"
+        ),
     )
-    run = Run(cfg.run, generic_config(store, env, env_kwargs, seed, cfg.budget_scale))
+    run = Run(cfg.run, config)
     run.save_config()
-    print(
-        f"[dreamlab] {run.path}: generic V/M/C run of {env} sized from {len(store)} episodes: "
-        f"{run.config.vae.frame_size}px frames, dreams of {run.config.evolve.max_episode_steps} "
-        f"steps, {run.config.evolve.generations} CMA-ES generations",
-        flush=True,
-    )
     return run
 
 
