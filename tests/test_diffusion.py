@@ -417,3 +417,19 @@ def test_cli_train_diffusion_end_to_end_and_resume(tmp_path: Path) -> None:
     assert main(["--out" if a == "--run" else a for a in argv]) == 0
     changed = [*argv[:-1], "--lr", "0.1", "--no-progress"]
     assert main(changed) == 2  # other settings in the same directory: one clear error
+
+
+def test_cli_train_diffusion_from_data_records_the_stores_env(
+    tmp_path: Path, catch_store: EpisodeStore
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train-diffusion", "--run", str(out), "--data", str(catch_store.path)]
+    argv += ["--holdout-episodes", "1", "--steps", "2", "--batch-size", "4", "--eval-episodes", "2"]
+    argv += ["--agent.rounds", "1", "--agent.num-dreams", "4", "--agent.dream-steps", "2"]
+    argv += ["--agent.updates-per-round", "2", "--agent.batch-size", "4", "--no-progress"]
+    assert main(argv) == 0
+    # play, load_agent and compare read the env from config.json: the store's, not the default
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["env"] == "catch-32"
+    assert config["env_kwargs"]["num_balls"] == 2 and config["env_kwargs"]["discrete"] is True
+    assert main(argv) == 0  # resumes: trains nothing

@@ -190,21 +190,26 @@ _FREE = ("progress", "num_threads", "device", "out")
 """settings a resumed run may change"""
 
 
-def _record_config(out: Path, cfg: TrainDiffusionConfig) -> None:
-    """Write ``OUT/config.json`` for a new run; for an existing one check it holds ``cfg``."""
+def _record_config(out: Path, cfg: TrainDiffusionConfig) -> TrainDiffusionConfig:
+    """Write ``OUT/config.json`` for a new run; for an existing one check it holds ``cfg``.
+    Returns ``cfg``, with ``--data``'s env (the store's) as its env: ``play``, ``load_agent``
+    and ``compare`` read the env from ``config.json``."""
     saved = read_run_config_of(out, KIND, "diffusion")
+    if cfg.data is not None:  # a bad --data is one clear error before anything is written
+        env, env_kwargs = run_env(cfg, EpisodeStore.open(cfg.data))
+        cfg = dataclasses.replace(cfg, env=env, env_kwargs=env_kwargs)
     if saved is None:
-        # a bad --data or env is one clear error before anything is written
-        if cfg.data is not None:
-            EpisodeStore.open(cfg.data)
-        else:
+        if cfg.data is None:
             from dreamlab.envs import make_env
 
             make_env(cfg.env, **cfg.env_kwargs).close()
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, KIND, asdict(cfg))
-        return
-    check_same_settings(out, saved, asdict(cfg), free=_FREE, flag="--run")
+        return cfg
+    # with --data the env follows the store (a run recorded before it did keeps its own)
+    free = (*_FREE, "env", "env_kwargs") if cfg.data is not None else _FREE
+    check_same_settings(out, saved, asdict(cfg), free=free, flag="--run")
+    return cfg
 
 
 def run_store(cfg: TrainDiffusionConfig, out: Path) -> EpisodeStore:
@@ -297,7 +302,7 @@ def train_diffusion(cfg: TrainDiffusionConfig) -> dict[str, Any]:
     from dreamlab.eval.evaluate import evaluate_policy
 
     out = Path(cfg.out)
-    _record_config(out, cfg)
+    cfg = _record_config(out, cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     if cfg.data is None and cfg.collect_episodes > 0:
