@@ -444,3 +444,13 @@ def test_build_contender_and_measurements(small_store: Path, tmp_path: Path) -> 
     p = prompt_agreement(c.world_model, bank, dreams=2, steps=4)
     assert set(p["words"]) == set(CATCH_WORDS)
     assert ActionSpec.from_space(gym.spaces.Discrete(3)).n == 3
+
+
+def test_a_token_run_from_data_takes_the_stores_env(small_store: Path, tmp_path: Path) -> None:
+    import dreamlab.generations.tokens.train as tp
+
+    cfg = dataclasses.replace(_tiny_run_config(), env="catch", env_kwargs={})
+    tp.train_tokens(cfg, tmp_path / "run", data=small_store, progress=False, evaluate=False)
+    # evaluation, play and load_agent read the env from config.json: the store's, not cfg's
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["env"] == "catch-32" and saved["env_kwargs"]["discrete"] is True

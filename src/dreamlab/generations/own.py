@@ -49,6 +49,7 @@ __all__ = [
     "parse_env_kwargs",
     "prepare_data",
     "scaled",
+    "store_env",
     "store_facts",
 ]
 
@@ -148,7 +149,7 @@ def prepare_data(
         store = EpisodeStore.open(data)
         if store.meta.kind != "observations" or "obs" not in store.meta.schema:
             raise RunError(f"{data}: holds {store.meta.kind}, not frames; give the store of frames")
-        recorded = str((store.meta.preset or {}).get("name") or store.meta.env_id)
+        recorded, kwargs = store_env(store)
         if env is not None and env not in (recorded, store.meta.env_id):
             raise RunError(
                 f"{data}: its episodes come from env {recorded!r}, not {env!r}; give that env's "
@@ -159,7 +160,6 @@ def prepare_data(
         if not (target / STORE_FILE).is_file():
             run.mkdir(parents=True, exist_ok=True)
             _link_store(data, target)
-        kwargs = dict((store.meta.preset or {}).get("env_kwargs") or {})
         return EpisodeStore.open(target), recorded, {**kwargs, **env_kwargs}
     if env is None:
         raise RunError(f"{run}: no run here; start one with --preset NAME, --env ENV or --data DIR")
@@ -273,6 +273,13 @@ class StoreFacts:
             f"{self.episodes} episodes of median {self.median_length:.0f} steps (ending {ends}), "
             f"{self.frame_size}px frames, {self.spec.kind}({self.spec.n}) actions"
         )
+
+
+def store_env(store: EpisodeStore) -> tuple[str, dict[str, Any]]:
+    """The env (name, keywords) a store's episodes were collected in, as its metadata records it
+    (the env preset's name and keywords, else the env id)."""
+    preset = store.meta.preset or {}
+    return str(preset.get("name") or store.meta.env_id), dict(preset.get("env_kwargs") or {})
 
 
 def store_facts(store: EpisodeStore) -> StoreFacts:

@@ -37,7 +37,7 @@ from dreamlab.generations.diffusion.agent import DiffusionAgent, DreamQConfig, t
 from dreamlab.generations.diffusion.data import EpisodeArrays, StoreSubset, diffusion_batches
 from dreamlab.generations.diffusion.fidelity import open_loop_fidelity
 from dreamlab.generations.diffusion.worldmodel import DiffusionWorldModel, diffusion_start_states
-from dreamlab.generations.own import StoreFacts, scaled
+from dreamlab.generations.own import StoreFacts, scaled, store_env
 from dreamlab.io import atomic_write_json, read_json
 from dreamlab.models.diffusion import DiffusionModel, diffusion_preset, parameter_counts
 from dreamlab.rundir import (
@@ -221,8 +221,7 @@ def run_env(cfg: TrainDiffusionConfig, store: Any) -> tuple[str, dict[str, Any]]
     """The env (id, keywords) the run evaluates in: the store's with ``--data``, else ``cfg``'s."""
     if cfg.data is None:
         return cfg.env, dict(cfg.env_kwargs)
-    preset = store.meta.preset or {}
-    return str(preset.get("name", store.meta.env_id)), dict(preset.get("env_kwargs", {}))
+    return store_env(store)
 
 
 def _collect(cfg: TrainDiffusionConfig, out: Path) -> None:

@@ -74,7 +74,7 @@ def read_token_config(path: str | Path) -> TokenRunConfig | None:
     return config_from_dict(TokenRunConfig, config, str(Path(path) / "config.json"))
 
 
-def start_run(out: Path, cfg: TokenRunConfig) -> TokenRunConfig:
+def start_run(out: Path, cfg: TokenRunConfig, env_from_data: bool = False) -> TokenRunConfig:
     """Create the run at ``out`` with ``cfg``, or check that the run there has the same settings
     (device and threads may change); returns ``cfg``.
 
@@ -83,7 +83,9 @@ def start_run(out: Path, cfg: TokenRunConfig) -> TokenRunConfig:
     """
     saved = read_token_config(out)
     if saved is not None:
-        check_same_settings(out, asdict(saved), asdict(cfg), free=FREE_SETTINGS, flag="--run")
+        # with --data the env follows the store (a run recorded before it did keeps its own)
+        free = (*FREE_SETTINGS, "env", "env_kwargs") if env_from_data else FREE_SETTINGS
+        check_same_settings(out, asdict(saved), asdict(cfg), free=free, flag="--run")
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, KIND, asdict(cfg))

@@ -30,7 +30,7 @@ from dreamlab.data.store import EpisodeStore
 from dreamlab.envs.scenarios import CATCH_WORDS
 from dreamlab.eval.kindness import KINDNESS_FILE
 from dreamlab.generations.args import PipelineConfig
-from dreamlab.generations.own import open_own
+from dreamlab.generations.own import open_own, store_env
 from dreamlab.generations.tokens.agent import TokenAgent, train_agent
 from dreamlab.generations.tokens.config import (
     TokenRunConfig,
@@ -97,14 +97,16 @@ def train_tokens(
         ValueError: the store's frames do not fit the preset's tokenizer.
     """
     out = Path(out)
-    if read_token_config(out) is None:  # a bad --data or env fails before the run is written
-        if data is not None:
-            EpisodeStore.open(data)
-        else:
-            from dreamlab.envs import make_env
+    if data is not None:  # a bad --data fails before the run is written; its env is the run's
+        env, env_kwargs = store_env(EpisodeStore.open(data))
+        if env == cfg.env:  # the run's keywords win over the recorded ones (--env-kwargs)
+            env_kwargs = {**env_kwargs, **cfg.env_kwargs}
+        cfg = dataclasses.replace(cfg, env=env, env_kwargs=env_kwargs)
+    elif read_token_config(out) is None:  # so does a bad env
+        from dreamlab.envs import make_env
 
-            make_env(cfg.env, **cfg.env_kwargs).close()
-    cfg = start_run(out, cfg)
+        make_env(cfg.env, **cfg.env_kwargs).close()
+    cfg = start_run(out, cfg, env_from_data=data is not None)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     store = timed(
