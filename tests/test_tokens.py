@@ -446,11 +446,13 @@ def test_build_contender_and_measurements(small_store: Path, tmp_path: Path) -> 
     assert ActionSpec.from_space(gym.spaces.Discrete(3)).n == 3
 
 
-def test_a_token_run_from_data_takes_the_stores_env(small_store: Path, tmp_path: Path) -> None:
-    import dreamlab.generations.tokens.train as tp
+def test_train_tokens_from_data_takes_the_stores_env(small_store: Path, tmp_path: Path) -> None:
+    from dreamlab.cli import main
 
-    cfg = dataclasses.replace(_tiny_run_config(), env="catch", env_kwargs={})
-    tp.train_tokens(cfg, tmp_path / "run", data=small_store, progress=False, evaluate=False)
-    # evaluation, play and load_agent read the env from config.json: the store's, not cfg's
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    out = tmp_path / "run"
+    argv = ["train-tokens", "--data", str(small_store), "--run", str(out), "--env", "catch"]
+    argv += ["--vq-steps", "2", "--transformer-steps", "2", "--agent-updates", "2"]
+    assert main([*argv, "--eval-episodes", "2", "--no-progress"]) == 0
+    # evaluation, play and load_agent read the env from config.json: the store's, not --env's
+    saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["env"] == "catch-32" and saved["env_kwargs"]["discrete"] is True

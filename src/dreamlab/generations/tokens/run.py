@@ -83,7 +83,7 @@ def start_run(out: Path, cfg: TokenRunConfig, env_from_data: bool = False) -> To
     """
     saved = read_token_config(out)
     if saved is not None:
-        # with --data the env follows the store (a run recorded before it did keeps its own)
+        # with --data the env is the store's (a run recorded before it was keeps its own)
         free = (*FREE_SETTINGS, "env", "env_kwargs") if env_from_data else FREE_SETTINGS
         check_same_settings(out, asdict(saved), asdict(cfg), free=free, flag="--run")
     else:

@@ -97,15 +97,13 @@ def train_tokens(
         ValueError: the store's frames do not fit the preset's tokenizer.
     """
     out = Path(out)
-    if data is not None:  # a bad --data fails before the run is written; its env is the run's
-        env, env_kwargs = store_env(EpisodeStore.open(data))
-        if env == cfg.env:  # the run's keywords win over the recorded ones (--env-kwargs)
-            env_kwargs = {**env_kwargs, **cfg.env_kwargs}
-        cfg = dataclasses.replace(cfg, env=env, env_kwargs=env_kwargs)
-    elif read_token_config(out) is None:  # so does a bad env
-        from dreamlab.envs import make_env
+    if read_token_config(out) is None:  # a bad --data or env fails before the run is written
+        if data is not None:
+            EpisodeStore.open(data)
+        else:
+            from dreamlab.envs import make_env
 
-        make_env(cfg.env, **cfg.env_kwargs).close()
+            make_env(cfg.env, **cfg.env_kwargs).close()
     cfg = start_run(out, cfg, env_from_data=data is not None)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
@@ -235,7 +233,8 @@ class TrainTokensArgs:
     preset: str = "tiny"
     """sizes and budgets: tiny (CPU, 32x32 Catch) or iris (IRIS's sizes, a GPU)"""
     env: str | None = None
-    """env preset (default: the preset's, catch-32 for tiny)"""
+    """env preset to collect from (default: the preset's, catch-32 for tiny); with --data the
+    run's env is the store's"""
     collect_episodes: int = COLLECT_EPISODES
     """episodes to collect with a random policy when --data is not given"""
     vq_steps: int | None = None
@@ -271,6 +270,12 @@ def train_tokens_cmd(args: TrainTokensArgs) -> Path:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
+    if args.data is not None:  # the run's env is the store's (evaluation, play, load_agent)
+        store = EpisodeStore.open(args.data)
+        overrides["env"], overrides["env_kwargs"] = store_env(store)
+        side = (store.meta.obs_shape or (0,))[0]
+        if side and side != tokenizer_config(cfg).frame_size:
+            overrides["frame_size"] = side
     cfg = dataclasses.replace(cfg, **overrides)
     t0, c0 = time.perf_counter(), time.process_time()
     train_tokens(
