@@ -167,7 +167,7 @@ class TrainControllerArgs:
     """seed of CMA-ES and of its dreams (default: the run's); C's from several seeds measure
     how much one CMA-ES run's result is luck"""
     ray: bool = False
-    """with --where real: evaluate candidates on a Ray cluster instead of local processes"""
+    """with --in real: evaluate candidates on a Ray cluster instead of local processes"""
     ray_address: str | None = None
     """Ray cluster address ('auto' for a running one); None starts a local Ray"""
     workers: int | None = None
