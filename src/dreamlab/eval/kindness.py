@@ -180,11 +180,10 @@ def kindness_of_run(
     out: Path,
     world_model: WorldModel,
     starts: StartLatents,
-    action_space: Any,
+    store: Any,
     trained: tuple[Any, dict[str, Any]],
     env: tuple[str, dict[str, Any]],
     *,
-    longest: int,
     real_seed: int,
     seed: int = 0,
     episodes: int = 256,
@@ -194,12 +193,16 @@ def kindness_of_run(
     """:func:`measure_kindness` for a run whose evaluation scored only its trained agent
     (``trained``: its dream policy and real summary): random play is scored first in the real
     ``env`` (id, keywords) on as many episodes from the agent's first seed ``real_seed``, then
-    both play whole dreams as long as the longest real episode (``longest`` or the agent's)."""
+    both play whole dreams as long as the longest real episode (of the episode ``store`` the run
+    learned from, whose action space random play samples, or the agent's)."""
     from dreamlab.envs import make_env
     from dreamlab.envs.policies import make_policy
     from dreamlab.eval.evaluate import evaluate_policy
+    from dreamlab.rundir import store_action_space
 
     policy, real = trained
+    action_space = store_action_space(store)
+    longest = int(store.lengths.max())
     random = make_policy("random", action_space, seed=seed)
     random_real = evaluate_policy(
         lambda: make_env(env[0], **env[1]),

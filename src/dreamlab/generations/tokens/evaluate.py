@@ -149,7 +149,6 @@ def token_kindness(path: Path) -> dict[str, Any] | None:
     from dreamlab.data.store import EpisodeStore
     from dreamlab.eval.kindness import kindness_of_run
     from dreamlab.generations.tokens.run import run_store
-    from dreamlab.rundir import store_action_space
 
     file = path / "eval.json"
     real = read_json(file, "token run evaluation").get("agent") if file.exists() else None
@@ -162,10 +161,9 @@ def token_kindness(path: Path) -> dict[str, Any] | None:
         path,
         wm,
         token_start_bank(wm, store, frames="first", max_rows=256),
-        store_action_space(store),
+        store,
         (agent.dream_policy, real),
         (cfg.env, dict(cfg.env_kwargs)),
-        longest=int(store.lengths.max()),
         real_seed=EVAL_SEED + cfg.seed,
         seed=cfg.seed,
         agent="the actor",
