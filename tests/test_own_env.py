@@ -187,6 +187,12 @@ def test_generic_pipeline_on_an_own_env_beats_random_from_the_dream(
         (["--env", f"{MODULE}:Reach", "--env-kwargs", "{steps: 3}"], "--env-kwargs"),
         (["--env", f"{MODULE}:Reach", "--preset", "catch"], "not both"),
         (["--data", "/nonexistent/store"], "not an episode store"),
+        # what a generation cannot take (Q-learning needs Discrete actions)
+        (["--generation", "diffusion", "--env", f"{MODULE}:ReachBox"], "Discrete"),
+        (["--generation", "rssm"], "--env or --data"),
+        (["--generation", "rssm", "--preset", "catch"], "not a rssm preset"),
+        (["--scale", "0.1", "--preset", "catch"], "--scale"),
+        (["--scale", "0", "--env", f"{MODULE}:Reach"], "--scale"),
     ],
 )
 def test_bad_own_env_input_is_one_sentence_and_writes_nothing(

@@ -2,7 +2,7 @@
 rssm|diffusion|tokens --env module:Class --run R`` collects random episodes, sizes the run from
 them (recorded in config.json), trains the world model and its agent only on those episodes and
 in the dream, scores the agent in the real env, says whether its dream is kinder than reality,
-writes the report, and resumes without training again. What a generation cannot take is one sentence before anything is written."""
+writes the report, and resumes without training again. What a generation cannot take is one sentence before anything is written (tests/test_own_env.py)."""
 
 from __future__ import annotations
 
@@ -70,27 +70,6 @@ def test_every_generation_runs_from_an_own_env_sized_from_it_and_resumes(
     capsys.readouterr()
     assert cli.main(["pipeline", "--run", str(run), "--generation", "vmc", *own]) == 2
     assert f"holds a {kind} run" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("args", "says"),
-    [
-        # Q-learning needs Discrete actions
-        (["--generation", "diffusion", "--env", "test_own_env:ReachBox"], "Discrete"),
-        (["--generation", "rssm"], "--env or --data"),
-        (["--generation", "rssm", "--preset", "catch"], "not a rssm preset"),
-        (["--scale", "0.1", "--preset", "catch"], "--scale"),
-        (["--scale", "0", "--env", ENV], "--scale"),
-    ],
-)
-def test_what_a_generation_cannot_take_is_one_sentence_and_trains_nothing(
-    args: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    run = tmp_path / "run"
-    assert cli.main(["pipeline", "--run", str(run), "--no-progress", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("dreamlab: error:") and "\n" not in err and says in err, err
-    assert not (run / "config.json").exists()
 
 
 def test_each_generation_is_sized_from_the_facts_of_the_episodes(tmp_path: Path) -> None:
